@@ -41,9 +41,7 @@ class MissingExtraError(AfterwordError, ImportError):
     def __init__(self, module: str, extra: str) -> None:
         self.module = module
         self.extra = extra
-        super().__init__(
-            f"{module!r} is not installed; install it with: pip install 'afterword[{extra}]'"
-        )
+        super().__init__(f"{module!r} is not installed; install it with: pip install 'afterword[{extra}]'")
 
 
 class StoreError(AfterwordError):

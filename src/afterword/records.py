@@ -44,13 +44,18 @@ def stable_id(*parts: object, n: int = 24) -> str:
     The same content always gives the same id, which is what makes
     re-imports and re-sent chat histories idempotent.
     """
-    h = hashlib.sha256()
+    chunks = []
     for p in parts:
-        if not isinstance(p, str | bytes):
-            p = json.dumps(p, sort_keys=True, default=str)
-        h.update(p.encode("utf-8", "surrogatepass") if isinstance(p, str) else p)
-        h.update(b"\x1f")
-    return h.hexdigest()[:n]
+        if p is None:
+            chunks.append("\x00")
+        elif isinstance(p, str):
+            chunks.append(p)
+        elif isinstance(p, bytes):
+            chunks.append(p.decode("latin-1"))
+        else:
+            chunks.append(json.dumps(p, sort_keys=True, default=str))
+    data = "\x1f".join(chunks).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:n]
 
 
 class Role(StrEnum):
@@ -112,9 +117,7 @@ class Message(_Record):
         if v is None:
             return ""
         if isinstance(v, list):
-            return "".join(
-                p.get("text", "") if isinstance(p, dict) else str(p) for p in v
-            )
+            return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in v)
         if not isinstance(v, str):
             raise ValueError("content must be a string or a list of text parts")
         return v

@@ -1,0 +1,73 @@
+"""A durable spool for logs that could not reach the store.
+
+When the store is down, the SDK wrapper and the proxy append each
+conversation to a JSONL spool file (flushed and fsynced) instead of losing
+it, and replay the spool once the store answers again. Replay imports each
+spooled conversation idempotently (ids are content hashes), so a crash in
+the middle of a replay duplicates nothing: the file is only removed after
+every record in it is in the store.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from afterword.records import Conversation
+from afterword.store.store import Store
+
+__all__ = ["Spool", "default_spool_path"]
+
+
+def default_spool_path() -> Path:
+    return Path(os.environ.get("AFTERWORD_SPOOL", Path.home() / ".afterword" / "spool.jsonl"))
+
+
+class Spool:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_spool_path()
+        self._lock = threading.Lock()
+
+    def append(self, conv: Conversation) -> None:
+        line = conv.model_dump_json() + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def pending(self) -> int:
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    def replay(self, store: Store, batch_size: int = 500) -> int:
+        """Import every spooled conversation; returns how many were replayed."""
+        with self._lock:
+            if not self.path.exists():
+                return 0
+            work = self.path.with_suffix(".replaying")
+            if not work.exists():
+                os.replace(self.path, work)  # new appends go to a fresh file meanwhile
+            n = 0
+            batch: list[Conversation] = []
+            with open(work, encoding="utf-8") as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    try:
+                        batch.append(Conversation.model_validate_json(line))
+                    except ValueError:
+                        continue  # a torn last line from a crash mid-append
+                    if len(batch) >= batch_size:
+                        store.import_conversations(batch, default_source="spool")
+                        n += len(batch)
+                        batch = []
+            if batch:
+                store.import_conversations(batch, default_source="spool")
+                n += len(batch)
+            work.unlink()
+            return n

@@ -1,0 +1,94 @@
+"""Helpers shared by the CLI modules: the store, output, errors, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from afterword.errors import AfterwordError
+from afterword.store.store import Store
+
+__all__ = ["state", "open_store", "emit", "fail", "progress_bar", "parse_date", "console", "JsonOpt", "guard"]
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document (the last line of output).")
+
+
+@dataclass
+class _State:
+    db: str | None = None
+    store: Store | None = None
+
+
+state = _State()
+
+
+def open_store() -> Store:
+    if state.store is None:
+        state.store = Store(state.db)
+    return state.store
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    elif render is not None:
+        render(data)
+    else:
+        console.print_json(json.dumps(data, default=str))
+
+
+def fail(message: str, as_json: bool = False, code: int = 1, **extra: Any) -> NoReturn:
+    if as_json:
+        sys.stdout.write(json.dumps({"error": message, **extra}, default=str) + "\n")
+    else:
+        err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def guard(as_json: bool = False) -> Iterator[None]:
+    """Turn afterword errors into a clean message and exit code 1."""
+    try:
+        yield
+    except AfterwordError as exc:
+        fail(str(exc), as_json, **({"record": exc.to_dict()} if hasattr(exc, "to_dict") else {}))
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None, enabled: bool = True) -> Iterator[Callable[[float], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``. Hidden for --json or non-TTY."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n: prog.advance(task, n)
+
+
+def parse_date(value: str | None, name: str = "date") -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be ISO-8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z") from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt

@@ -1,0 +1,278 @@
+"""Commands over the history: import, stats, show, feedback, search, export, forget, run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from afterword.capture.wrap import feedback as record_feedback
+from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, parse_date, progress_bar
+from afterword.errors import ImportRecordError
+from afterword.export import export_jsonl
+from afterword.importers import FORMATS, detect_format, run_import
+from afterword.pipeline import run_pipeline, sample_path
+from afterword.store.search import forget_user, search
+
+
+def _count_lines(path: Path) -> int | None:
+    if path.stat().st_size > 2_000_000_000:
+        return None
+    with open(path, "rb") as fh:
+        return sum(buf.count(b"\n") for buf in iter(lambda: fh.read(1 << 20), b""))
+
+
+def import_cmd(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Log files to import."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, {', '.join(FORMATS)}"),
+    strict: bool = typer.Option(False, "--strict", help="Abort on the first bad record."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Import logs (OpenAI chat JSONL, ShareGPT, USS, ASAP, LoCoMo). Re-importing adds nothing."""
+    store = open_store()
+    results = []
+    for f in files:
+        fmt_f = detect_format(f) if fmt == "auto" else fmt
+        # One conversation a line in the JSONL formats, so lines are the bar's total.
+        total = _count_lines(f) if fmt_f in ("openai", "sharegpt") else None
+        with progress_bar(f"importing {f.name}", total, not as_json) as adv:
+            try:
+                counts = run_import(store, f, fmt_f, strict=strict, progress=adv)
+            except ImportRecordError as exc:
+                fail(str(exc), as_json, record=exc.to_dict())
+        results.append({"file": str(f), "format": fmt_f, **counts.as_dict()})
+    if as_json:
+        emit(results if len(results) > 1 else results[0], True)
+        return
+    for r in results:
+        console.print(
+            f"[bold]{r['file']}[/] ({r['format']}): imported {r['imported_conversations']} conversations / "
+            f"{r['imported_messages']} messages / {r['imported_feedback']} feedback; "
+            f"already present {r['present_conversations']} conversations; skipped {r['skipped']} bad records"
+        )
+        for e in r["errors"][:50]:
+            console.print(f"  [red]{e['file']}:{e['line']}[/] field {e['field'] or '-'}: {e['error']}")
+        if len(r["errors"]) > 50:
+            console.print(f"  … and {len(r['errors']) - 50} more")
+
+
+def stats_cmd(as_json: bool = JsonOpt) -> None:
+    """Counts of users, conversations, messages, feedback, judgments and memories."""
+    with guard(as_json):
+        s = open_store().stats()
+
+    def render(d: dict[str, Any]) -> None:
+        tab = Table(title=f"afterword store: {d['store']}")
+        tab.add_column("what")
+        tab.add_column("count", justify="right")
+        for k in ("users", "conversations", "messages", "feedback", "judgments", "memories", "exports"):
+            tab.add_row(k, str(d[k]))
+        for role, n in sorted(d["messages_by_role"].items()):
+            tab.add_row(f"  messages: {role}", str(n))
+        for kind, n in sorted(d["feedback_by_kind"].items()):
+            tab.add_row(f"  feedback: {kind}", str(n))
+        for src, labels in sorted(d["judgments_by_source"].items()):
+            tab.add_row(f"  judgments: {src}", ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+        console.print(tab)
+
+    emit(s, as_json, render)
+
+
+def show_cmd(
+    conversation: str = typer.Argument(..., help="Conversation id or the source's session id."), as_json: bool = JsonOpt
+) -> None:
+    """Show a conversation with its feedback and judgments."""
+    store = open_store()
+    with guard(as_json):
+        conv = store.get_conversation(conversation)
+        judg = store.judgments_for([m.id for m in conv.messages if m.id])
+    data = conv.model_dump(mode="json")
+    data["judgments"] = [j.model_dump(mode="json") for j in judg]
+    if as_json:
+        emit(data, True)
+        return
+    console.print(
+        f"[bold]conversation {conv.id}[/] user={conv.user_id} session={conv.external_id} "
+        f"source={conv.source} started={conv.started_utc}"
+    )
+    fb = {}
+    for f in conv.feedback:
+        fb.setdefault(f.message_id, []).append(f)
+    jd = {}
+    for j in judg:
+        jd.setdefault(j.message_id, []).append(j)
+    for m in conv.messages:
+        color = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(m.role, "white")
+        console.print(f"[{color}]{m.role:>9}[/] [dim]{m.id}[/] {m.content}")
+        for f in fb.get(m.id, []):
+            bits = [f"{k}={getattr(f, k)!r}" for k in ("thumbs", "rating", "comment", "correction") if getattr(f, k)]
+            console.print(f"           [yellow]feedback[/] {f.kind}: {' '.join(bits)}")
+        for j in jd.get(m.id, []):
+            ev = "; ".join(e.signal for e in j.evidence)
+            console.print(
+                f"           [blue]judgment[/] {j.source}: {j.label} score={j.score:+.2f} "
+                f"conf={j.confidence:.2f} [{ev}]"
+            )
+
+
+def feedback_cmd(
+    message_id: str = typer.Argument(...),
+    thumbs: str = typer.Option(None, "--thumbs", help="up or down"),
+    rating: float = typer.Option(None, "--rating", min=1, max=5),
+    comment: str = typer.Option(None, "--comment"),
+    correction: str = typer.Option(None, "--correction", help="The right answer."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Record explicit feedback on an assistant message."""
+    t = None
+    if thumbs is not None:
+        t = {"up": 1, "down": -1, "1": 1, "-1": -1}.get(thumbs.lower())
+        if t is None:
+            fail("--thumbs must be up or down", as_json)
+    if t is None and rating is None and not comment and not correction:
+        fail("give at least one of --thumbs, --rating, --comment, --correction", as_json)
+    with guard(as_json):
+        fid = record_feedback(
+            message_id, thumbs=t, rating=rating, comment=comment, correction=correction, store=open_store()
+        )
+    emit(
+        {"feedback_id": fid, "message_id": message_id},
+        as_json,
+        lambda d: console.print(f"recorded feedback {d['feedback_id']} on {d['message_id']}"),
+    )
+
+
+def search_cmd(
+    query: str = typer.Argument(...),
+    user: str = typer.Option(None, "--user"),
+    role: str = typer.Option(None, "--role"),
+    since: str = typer.Option(None, "--since", help="ISO date"),
+    until: str = typer.Option(None, "--until", help="ISO date"),
+    feedback: str = typer.Option(None, "--feedback", help="any|none|up|down|correction|rating|comment"),
+    limit: int = typer.Option(20, "--limit"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Full-text search over the history."""
+    with guard(as_json):
+        try:
+            hits = search(
+                open_store(),
+                query,
+                user_id=user,
+                role=role,
+                since=parse_date(since, "--since"),
+                until=parse_date(until, "--until"),
+                feedback=feedback,
+                limit=limit,
+            )
+        except ValueError as exc:
+            fail(str(exc), as_json)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        tab = Table(title=f"{len(rows)} hits for {query!r}")
+        for c in ("message", "conversation", "user", "role", "text"):
+            tab.add_column(c, overflow="fold")
+        for r in rows:
+            tab.add_row(r["message_id"], r["conversation_id"], r["user_id"] or "", r["role"], r["content"][:160])
+        console.print(tab)
+
+    emit(hits, as_json, render)
+
+
+def export_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (OpenAI chat format)"),
+    redact: bool = typer.Option(True, "--redact/--no-redact", help="Scrub PII (on by default)."),
+    user: str = typer.Option(None, "--user"),
+    since: str = typer.Option(None, "--since"),
+    until: str = typer.Option(None, "--until"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export the history as OpenAI-format JSONL (redacted unless --no-redact)."""
+    if fmt != "jsonl":
+        fail("only --format jsonl is supported here; training sets: afterword dataset build", as_json)
+    store = open_store()
+    with guard(as_json), progress_bar("exporting", len(store.conversation_ids(user_id=user)), not as_json) as adv:
+        res = export_jsonl(
+            store,
+            out,
+            redact=redact,
+            user_id=user,
+            since=parse_date(since),
+            until=parse_date(until),
+            command=" ".join(["afterword", *sys.argv[1:]]),
+            progress=adv,
+        )
+    emit(
+        res,
+        as_json,
+        lambda d: console.print(
+            f"wrote {d['conversations']} conversations to {d['path']} (redacted: {d['redacted']}; "
+            f"{d['redaction'] and d['redaction']['by_type']})"
+        ),
+    )
+
+
+def forget_cmd(
+    user: str = typer.Option(..., "--user", help="The user to erase."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove every trace of a user and mark datasets and models built from them as stale."""
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"Erase all data of user {user!r}?"):
+        raise typer.Exit(1)
+    store = open_store()
+    with guard(as_json):
+        res = forget_user(store, user)
+        try:
+            from afterword.memory import forget_memories  # the vector index, when memory exists
+        except ImportError:
+            pass
+        else:
+            forget_memories(store, res["memory_ids"])
+    emit(
+        res,
+        as_json,
+        lambda d: console.print(
+            f"forgot user {user}: removed {sum(d['removed'].values())} rows; "
+            f"stale exports: {d['stale_exports'] or 'none'}"
+        ),
+    )
+
+
+def run_cmd(
+    file: Path = typer.Argument(None, exists=True, dir_okay=False, help="Log file (default: the shipped sample)."),
+    fmt: str = typer.Option("auto", "--format", "-f"),
+    out_dir: Path = typer.Option(Path("afterword-out"), "--out-dir", help="Where datasets and reports go."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The main job: ingest, then every flywheel stage that exists, then a summary."""
+    store = open_store()
+
+    def on_stage(name: str, res: dict[str, Any]) -> None:
+        if not as_json:
+            brief = {k: v for k, v in res.items() if k != "errors" and not isinstance(v, list | dict)}
+            console.print(f"[bold green]✓ {name}[/] " + ", ".join(f"{k}={v}" for k, v in brief.items()))
+
+    if not as_json:
+        console.print(f"[bold]afterword run[/] on {file or sample_path()} → {store}")
+    with guard(as_json):
+        summary = run_pipeline(store, file, fmt=fmt, out_dir=out_dir, on_stage=on_stage)
+    if as_json:
+        emit(summary, True)
+    else:
+        stats_cmd(False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("import")(import_cmd)
+    app.command("stats")(stats_cmd)
+    app.command("show")(show_cmd)
+    app.command("feedback")(feedback_cmd)
+    app.command("search")(search_cmd)
+    app.command("export")(export_cmd)
+    app.command("forget")(forget_cmd)

@@ -1,0 +1,585 @@
+"""The experience store: every interaction, feedback event and judgment.
+
+``Store`` is the one public way to read and write afterword's data. It owns
+id assignment (content hashes, so re-imports and re-sent chat histories are
+idempotent), the transaction boundaries (a batch of whole conversations is
+one transaction, so nothing is ever half-written), and the translation of
+SQLAlchemy errors into :class:`afterword.errors.StoreError`.
+
+Writes on SQLite take the write lock up front (``BEGIN IMMEDIATE``) and a
+per-process lock serialises writers inside one process, which is the
+single-writer discipline SQLite wants; PostgreSQL takes them concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from afterword.errors import NotFoundError, StoreError
+from afterword.records import (
+    Conversation,
+    Evidence,
+    Feedback,
+    Judgment,
+    Message,
+    stable_id,
+    utcnow,
+)
+from afterword.store import schema as t
+from afterword.store.engine import is_sqlite, make_engine, resolve_url
+from afterword.store.migrate import upgrade
+
+__all__ = ["Store", "ImportCounts", "conversation_id_for", "message_id_for", "aware"]
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; afterword's are always UTC-aware."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def conversation_id_for(conv: Conversation) -> str:
+    """Stable id: from the source's session id when there is one, else from content."""
+    if conv.id:
+        return conv.id
+    if conv.external_id:
+        return stable_id("conv", conv.user_id or "", conv.external_id)
+    head = [(m.role, m.content) for m in conv.messages[:2]]
+    return stable_id("conv", conv.user_id or "", head, conv.started_utc)
+
+
+def message_id_for(conversation_id: str, parent_id: str | None, msg: Message) -> str:
+    return stable_id("msg", conversation_id, parent_id or "", msg.role, msg.content, msg.tool_calls)
+
+
+@dataclass
+class ImportCounts:
+    conversations: int = 0
+    conversations_present: int = 0
+    messages: int = 0
+    messages_present: int = 0
+    feedback: int = 0
+    skipped: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: ImportCounts) -> None:
+        self.conversations += other.conversations
+        self.conversations_present += other.conversations_present
+        self.messages += other.messages
+        self.messages_present += other.messages_present
+        self.feedback += other.feedback
+        self.skipped += other.skipped
+        self.errors.extend(other.errors)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "imported_conversations": self.conversations,
+            "present_conversations": self.conversations_present,
+            "imported_messages": self.messages,
+            "present_messages": self.messages_present,
+            "imported_feedback": self.feedback,
+            "skipped": self.skipped,
+            "errors": self.errors,
+        }
+
+
+def _insert_ignore(engine: sa.Engine, table: sa.Table) -> Any:
+    if is_sqlite(engine):
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return postgresql.insert(table).on_conflict_do_nothing()
+
+
+def _sqlite_value(col: sa.Column[Any]) -> Any:
+    """Converter from a Python value to what SQLAlchemy's SQLite types store."""
+    if isinstance(col.type, sa.DateTime):
+
+        def dt(v: datetime | None) -> str | None:
+            if v is None:
+                return None
+            if v.tzinfo is not None:
+                v = v.astimezone(UTC).replace(tzinfo=None)
+            return v.isoformat(" ", "microseconds")
+
+        return dt
+    if isinstance(col.type, sa.JSON):
+        return lambda v: None if v is None else json.dumps(v)
+    if isinstance(col.type, sa.Boolean):
+        return lambda v: None if v is None else int(v)
+    return None
+
+
+def _bulk_insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT-or-ignore many rows. On SQLite this goes straight to the driver's
+    executemany with values converted as SQLAlchemy would: the bulk-import hot
+    path, several times faster than per-row bind processing."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(postgresql.insert(table).on_conflict_do_nothing(), rows)
+        return
+    cols = [c for c in table.columns if c.name in rows[0]]
+    conv = [(c.name, _sqlite_value(c)) for c in cols]
+    sql = (
+        f"INSERT OR IGNORE INTO {table.name} ({', '.join(c.name for c in cols)}) VALUES ({', '.join('?' * len(cols))})"
+    )
+    params = [tuple(f(r[n]) if f else r[n] for n, f in conv) for r in rows]
+    conn.exec_driver_sql(sql, params)
+
+
+class Store:
+    """A handle on one afterword database (SQLite file or PostgreSQL URL)."""
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True, **engine_kwargs: Any) -> None:
+        self.url = resolve_url(url)
+        try:
+            self.engine = make_engine(self.url, **engine_kwargs)
+            if migrate:
+                upgrade(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store {self._safe_url()}: {exc}") from exc
+        self._write_lock = threading.RLock()
+
+    def _safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Store({self._safe_url()!r})"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ---------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """One write transaction: commits on success, rolls back on any error."""
+        with self._write_lock:
+            try:
+                with self.engine.connect() as conn:
+                    conn = conn.execution_options(immediate=True)
+                    with conn.begin():
+                        yield conn
+            except SQLAlchemyError as exc:
+                raise StoreError(str(exc)) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+
+    # -- conversations and messages ------------------------------------------
+
+    def import_conversations(self, convs: Sequence[Conversation], default_source: str = "import") -> ImportCounts:
+        """Write whole conversations in one transaction; already-present content is skipped."""
+        counts = ImportCounts()
+        if not convs:
+            return counts
+        now = utcnow()
+        conv_rows: dict[str, dict[str, Any]] = {}
+        msg_rows: list[dict[str, Any]] = []
+        fb_rows: dict[str, dict[str, Any]] = {}
+        user_ids: set[str] = set()
+        for conv in convs:
+            cid = conversation_id_for(conv)
+            if cid in conv_rows:  # the same conversation twice in one batch
+                counts.conversations_present += 1
+                continue
+            started = conv.started_utc or next((m.created_utc for m in conv.messages if m.created_utc), None)
+            conv_rows[cid] = {
+                "id": cid,
+                "user_id": conv.user_id,
+                "source": conv.source or default_source,
+                "external_id": conv.external_id,
+                "started_utc": started,
+                "metadata_json": conv.metadata or None,
+            }
+            if conv.user_id:
+                user_ids.add(conv.user_id)
+            parent: str | None = None
+            ids: list[str] = []
+            for seq, m in enumerate(conv.messages):
+                mid = m.id or message_id_for(cid, parent, m)
+                ids.append(mid)
+                msg_rows.append(
+                    {
+                        "id": mid,
+                        "conversation_id": cid,
+                        "seq": seq,
+                        "parent_id": parent,
+                        "user_id": conv.user_id,
+                        "role": m.role,
+                        "content": m.content,
+                        "tool_calls_json": m.tool_calls,
+                        "created_utc": m.created_utc,
+                        "model": m.model,
+                        "latency_ms": m.latency_ms,
+                        "prompt_tokens": m.prompt_tokens,
+                        "completion_tokens": m.completion_tokens,
+                        "metadata_json": m.metadata or None,
+                    }
+                )
+                parent = mid
+            for fb in conv.feedback:
+                mid = fb.message_id
+                if mid is None and fb.message_index is not None and 0 <= fb.message_index < len(ids):
+                    mid = ids[fb.message_index]
+                if mid is None:
+                    continue
+                row = self._feedback_row(fb, mid, conv.user_id, now)
+                fb_rows[row["id"]] = row
+        with self.write() as conn:
+            existing = self._existing(conn, t.conversations, list(conv_rows))
+            counts.conversations = len(conv_rows) - len(existing)
+            counts.conversations_present += len(existing)
+            present_msgs: set[str] = set()
+            if existing:
+                present_msgs = self._existing(conn, t.messages, [r["id"] for r in msg_rows])
+            new_msgs = [r for r in msg_rows if r["id"] not in present_msgs]
+            counts.messages = len(new_msgs)
+            counts.messages_present = len(msg_rows) - len(new_msgs)
+            present_fb = self._existing(conn, t.feedback, list(fb_rows)) if fb_rows else set()
+            counts.feedback = len(fb_rows) - len(present_fb)
+            _bulk_insert_ignore(
+                conn, t.users, [{"id": u, "created_utc": now, "metadata_json": None} for u in sorted(user_ids)]
+            )
+            _bulk_insert_ignore(conn, t.conversations, [r for cid, r in conv_rows.items() if cid not in existing])
+            _bulk_insert_ignore(conn, t.messages, new_msgs)
+            _bulk_insert_ignore(conn, t.feedback, [r for k, r in fb_rows.items() if k not in present_fb])
+        return counts
+
+    @staticmethod
+    def _existing(conn: sa.Connection, table: sa.Table, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            found.update(conn.execute(sa.select(table.c.id).where(table.c.id.in_(chunk))).scalars())
+        return found
+
+    def add_conversation(self, conv: Conversation) -> Conversation:
+        """Write one conversation (idempotently) and return it with ids filled in."""
+        self.import_conversations([conv], default_source=conv.source)
+        return self.get_conversation(conversation_id_for(conv))
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        with self.read() as conn:
+            crow = conn.execute(
+                sa.select(t.conversations).where(
+                    sa.or_(t.conversations.c.id == conversation_id, t.conversations.c.external_id == conversation_id)
+                )
+            ).first()
+            if crow is None:
+                raise NotFoundError("conversation", conversation_id)
+            mrows = conn.execute(
+                sa.select(t.messages).where(t.messages.c.conversation_id == crow.id).order_by(t.messages.c.seq)
+            ).all()
+            mids = [r.id for r in mrows]
+            fbs = self._feedback_for(conn, mids)
+        return self._conversation_from_rows(crow, mrows, fbs)
+
+    def conversations_by_id(self, ids: Sequence[str]) -> list[Conversation]:
+        """Many conversations at once (one query per table), in the order given."""
+        if not ids:
+            return []
+        with self.read() as conn:
+            crows: dict[str, Any] = {}
+            mrows: dict[str, list[Any]] = {}
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                for r in conn.execute(sa.select(t.conversations).where(t.conversations.c.id.in_(chunk))):
+                    crows[r.id] = r
+                for r in conn.execute(
+                    sa.select(t.messages)
+                    .where(t.messages.c.conversation_id.in_(chunk))
+                    .order_by(t.messages.c.conversation_id, t.messages.c.seq)
+                ):
+                    mrows.setdefault(r.conversation_id, []).append(r)
+            all_mids = [r.id for rows in mrows.values() for r in rows]
+            fbs = self._feedback_for(conn, all_mids)
+        return [self._conversation_from_rows(crows[i], mrows.get(i, []), fbs) for i in ids if i in crows]
+
+    @staticmethod
+    def _feedback_for(conn: sa.Connection, mids: list[str]) -> list[Any]:
+        out: list[Any] = []
+        for i in range(0, len(mids), 900):
+            out.extend(
+                conn.execute(
+                    sa.select(t.feedback)
+                    .where(t.feedback.c.message_id.in_(mids[i : i + 900]))
+                    .order_by(t.feedback.c.created_utc)
+                ).all()
+            )
+        return out
+
+    @staticmethod
+    def _conversation_from_rows(crow: Any, mrows: Sequence[Any], fbrows: Sequence[Any]) -> Conversation:
+        mids = {r.id for r in mrows}
+        return Conversation(
+            id=crow.id,
+            user_id=crow.user_id,
+            external_id=crow.external_id,
+            source=crow.source,
+            started_utc=aware(crow.started_utc),
+            metadata=crow.metadata_json or {},
+            messages=[Store._message_from_row(r) for r in mrows],
+            feedback=[Store._feedback_from_row(r) for r in fbrows if r.message_id in mids],
+        )
+
+    @staticmethod
+    def _message_from_row(r: Any) -> Message:
+        return Message(
+            id=r.id,
+            role=r.role,
+            content=r.content,
+            tool_calls=r.tool_calls_json,
+            created_utc=aware(r.created_utc),
+            model=r.model,
+            latency_ms=r.latency_ms,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            metadata=r.metadata_json or {},
+        )
+
+    def get_message(self, message_id: str) -> tuple[Message, str]:
+        """The message and its conversation id."""
+        with self.read() as conn:
+            r = conn.execute(sa.select(t.messages).where(t.messages.c.id == message_id)).first()
+        if r is None:
+            raise NotFoundError("message", message_id)
+        return self._message_from_row(r), r.conversation_id
+
+    def conversation_ids(
+        self,
+        *,
+        user_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        q = sa.select(t.conversations.c.id).order_by(t.conversations.c.started_utc, t.conversations.c.id)
+        if user_id:
+            q = q.where(t.conversations.c.user_id == user_id)
+        if since:
+            q = q.where(t.conversations.c.started_utc >= since)
+        if until:
+            q = q.where(t.conversations.c.started_utc < until)
+        if limit:
+            q = q.limit(limit)
+        with self.read() as conn:
+            return list(conn.execute(q).scalars())
+
+    def iter_conversations(self, batch_size: int = 500, **filters: Any) -> Iterator[Conversation]:
+        ids = self.conversation_ids(**filters)
+        for i in range(0, len(ids), batch_size):
+            yield from self.conversations_by_id(ids[i : i + batch_size])
+
+    # -- feedback ---------------------------------------------------------------
+
+    @staticmethod
+    def _feedback_row(fb: Feedback, message_id: str, user_id: str | None, now: datetime) -> dict[str, Any]:
+        created = fb.created_utc or now
+        return {
+            "id": stable_id(
+                "fb",
+                message_id,
+                fb.kind,
+                fb.thumbs,
+                fb.rating,
+                fb.comment,
+                fb.correction,
+                fb.source,
+                fb.created_utc,
+            ),
+            "message_id": message_id,
+            "user_id": fb.user_id or user_id,
+            "kind": fb.kind,
+            "thumbs": fb.thumbs,
+            "rating": fb.rating,
+            "comment": fb.comment,
+            "correction": fb.correction,
+            "source": fb.source,
+            "created_utc": created,
+        }
+
+    @staticmethod
+    def _feedback_from_row(r: Any) -> Feedback:
+        return Feedback(
+            kind=r.kind,
+            message_id=r.message_id,
+            thumbs=r.thumbs,
+            rating=r.rating,
+            comment=r.comment,
+            correction=r.correction,
+            user_id=r.user_id,
+            created_utc=aware(r.created_utc),
+            source=r.source,
+        )
+
+    def add_feedback(self, fb: Feedback) -> str:
+        """Record explicit feedback on an existing message; returns the feedback id."""
+        if not fb.message_id:
+            raise StoreError("feedback needs a message_id")
+        msg, _ = self.get_message(fb.message_id)
+        with self.read() as conn:
+            uid = conn.execute(sa.select(t.messages.c.user_id).where(t.messages.c.id == fb.message_id)).scalar()
+        row = self._feedback_row(fb, fb.message_id, uid, utcnow())
+        if fb.created_utc is None:  # a live event: distinct from an identical earlier one
+            row["id"] = stable_id(row["id"], row["created_utc"].isoformat())
+        with self.write() as conn:
+            conn.execute(_insert_ignore(self.engine, t.feedback), [row])
+        return row["id"]
+
+    def feedback_for_messages(self, message_ids: Sequence[str]) -> list[Feedback]:
+        with self.read() as conn:
+            return [self._feedback_from_row(r) for r in self._feedback_for(conn, list(message_ids))]
+
+    def corrections(self, user_id: str | None = None) -> list[tuple[Feedback, Message, str]]:
+        """Every correction with the message it corrects and that message's conversation id."""
+        q = (
+            sa.select(t.feedback, t.messages.c.conversation_id)
+            .join(t.messages, t.messages.c.id == t.feedback.c.message_id)
+            .where(t.feedback.c.kind == "correction")
+            .order_by(t.feedback.c.created_utc)
+        )
+        if user_id:
+            q = q.where(t.feedback.c.user_id == user_id)
+        out = []
+        with self.read() as conn:
+            rows = conn.execute(q).all()
+        for r in rows:
+            msg, cid = self.get_message(r.message_id)
+            out.append((self._feedback_from_row(r), msg, cid))
+        return out
+
+    # -- judgments --------------------------------------------------------------
+
+    def put_judgments(self, judgments: Iterable[Judgment]) -> int:
+        """Insert or replace judgments (one per message and source)."""
+        rows = []
+        now = utcnow()
+        for j in judgments:
+            rows.append(
+                {
+                    "id": stable_id("jdg", j.message_id, j.source),
+                    "message_id": j.message_id,
+                    "source": j.source,
+                    "label": j.label,
+                    "score": float(j.score),
+                    "confidence": float(j.confidence),
+                    "evidence_json": [e.model_dump() for e in j.evidence],
+                    "model_version": j.model_version,
+                    "created_utc": j.created_utc or now,
+                }
+            )
+        if not rows:
+            return 0
+        with self.write() as conn:
+            ids = [r["message_id"] for r in rows]
+            users = dict(
+                conn.execute(sa.select(t.messages.c.id, t.messages.c.user_id).where(t.messages.c.id.in_(ids))).all()
+            )
+            for r in rows:
+                r["user_id"] = users.get(r["message_id"])
+            for i in range(0, len(rows), 900):
+                chunk = rows[i : i + 900]
+                conn.execute(t.judgments.delete().where(t.judgments.c.id.in_([r["id"] for r in chunk])))
+                conn.execute(t.judgments.insert(), chunk)
+        return len(rows)
+
+    def judgments_for(self, message_ids: Sequence[str], source: str | None = None) -> list[Judgment]:
+        if not message_ids:
+            return []
+        out = []
+        with self.read() as conn:
+            for i in range(0, len(message_ids), 900):
+                q = sa.select(t.judgments).where(t.judgments.c.message_id.in_(list(message_ids[i : i + 900])))
+                if source:
+                    q = q.where(t.judgments.c.source == source)
+                out.extend(conn.execute(q).all())
+        return [
+            Judgment(
+                message_id=r.message_id,
+                source=r.source,
+                label=r.label,
+                score=r.score,
+                confidence=r.confidence,
+                evidence=[Evidence(**e) for e in (r.evidence_json or [])],
+                model_version=r.model_version,
+                created_utc=aware(r.created_utc),
+            )
+            for r in out
+        ]
+
+    # -- job watermarks -------------------------------------------------------------
+
+    def get_state(self, name: str) -> str | None:
+        with self.read() as conn:
+            return conn.execute(sa.select(t.job_state.c.value).where(t.job_state.c.name == name)).scalar()
+
+    def set_state(self, name: str, value: str, conn: sa.Connection | None = None) -> None:
+        def _do(c: sa.Connection) -> None:
+            c.execute(t.job_state.delete().where(t.job_state.c.name == name))
+            c.execute(t.job_state.insert().values(name=name, value=value, updated_utc=utcnow()))
+
+        if conn is not None:
+            _do(conn)
+        else:
+            with self.write() as c:
+                _do(c)
+
+    # -- overview -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self.read() as conn:
+
+            def count(table: sa.Table, *where: Any) -> int:
+                return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar() or 0)
+
+            by_role = dict(
+                conn.execute(sa.select(t.messages.c.role, sa.func.count()).group_by(t.messages.c.role)).all()
+            )
+            fb_kinds = dict(
+                conn.execute(sa.select(t.feedback.c.kind, sa.func.count()).group_by(t.feedback.c.kind)).all()
+            )
+            labels: dict[str, dict[str, int]] = {}
+            for src, label, n in conn.execute(
+                sa.select(t.judgments.c.source, t.judgments.c.label, sa.func.count()).group_by(
+                    t.judgments.c.source, t.judgments.c.label
+                )
+            ):
+                labels.setdefault(src, {})[label] = n
+            first, last = conn.execute(
+                sa.select(sa.func.min(t.messages.c.created_utc), sa.func.max(t.messages.c.created_utc))
+            ).one()
+            return {
+                "store": self._safe_url(),
+                "users": count(t.users),
+                "conversations": count(t.conversations),
+                "messages": count(t.messages),
+                "messages_by_role": by_role,
+                "feedback": count(t.feedback),
+                "feedback_by_kind": fb_kinds,
+                "judgments": count(t.judgments),
+                "judgments_by_source": labels,
+                "memories": count(t.memories, t.memories.c.active.is_(True)),
+                "exports": count(t.exports),
+                "first_message_utc": aware(first).isoformat() if first else None,
+                "last_message_utc": aware(last).isoformat() if last else None,
+            }
