@@ -1,0 +1,97 @@
+"""``afterword judge``: judge what is pending, explain a judgment, calibrate on your own feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from afterword.cli._common import JsonOpt, console, emit, guard, open_store, parse_date, progress_bar
+
+judge_app = typer.Typer(help="Judge responses in hindsight from what the user did next.", no_args_is_help=False)
+
+
+@judge_app.callback(invoke_without_command=True)
+def judge_cmd(
+    ctx: typer.Context,
+    since: str = typer.Option(None, "--since", help="Only conversations started on/after this ISO date."),
+    endpoint: str = typer.Option(
+        None,
+        "--endpoint",
+        envvar="AFTERWORD_LLM_URL",
+        help="OpenAI-compatible URL: adds the rubric LLM judge and a combined verdict.",
+    ),
+    model: str = typer.Option("local", "--model", envvar="AFTERWORD_LLM_MODEL"),
+    batch_size: int = typer.Option(200, "--batch-size", min=1),
+    engine: str = typer.Option("local", "--engine", help="local, or ray for batch work over a cluster."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (with --engine ray)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Judge every response not yet judged (incremental and resumable)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from afterword.judge.runner import judge_store, pending_conversations
+
+    store = open_store()
+    llm_judge = None
+    if endpoint:
+        from afterword.judge.llm_judge import LLMJudge
+        from afterword.llm import LLMClient
+
+        llm_judge = LLMJudge(LLMClient(base_url=endpoint, model=model))
+    with guard(as_json):
+        if engine == "ray":
+            from afterword.judge.distributed import judge_store_ray
+
+            res = judge_store_ray(store, since=parse_date(since, "--since"), address=address)
+        else:
+            n = len(pending_conversations(store, since=parse_date(since, "--since")))
+            with progress_bar("judging", n, not as_json) as adv:
+                res = judge_store(
+                    store, since=parse_date(since, "--since"), llm_judge=llm_judge, batch_size=batch_size, progress=adv
+                )
+    emit(
+        res,
+        as_json,
+        lambda d: console.print(
+            f"judged {d['judged']} responses in {d['conversations']} conversations "
+            f"({d['turns_per_s'] or '-'} turns/s): {d['labels']}"
+        ),
+    )
+
+
+@judge_app.command("explain")
+def explain_cmd(message_id: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+    """Show each judgment of a message and the evidence it used."""
+    from afterword.judge.runner import explain
+
+    with guard(as_json):
+        data = explain(open_store(), message_id)
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(f"[bold]{d['role']}[/] {d['message_id']}: {d['content'][:300]}")
+        if not d["judgments"]:
+            console.print("[yellow]not judged yet: run `afterword judge`[/]")
+        for j in d["judgments"]:
+            console.print(
+                f"\n[bold blue]{j['source']}[/]: {j['label']} score={j['score']:+.2f} "
+                f"confidence={j['confidence']:.2f} ({j['model_version']})"
+            )
+            tab = Table(show_header=True)
+            for c in ("signal", "weight", "message", "text / detail"):
+                tab.add_column(c, overflow="fold")
+            for e in j["evidence"]:
+                tab.add_row(
+                    e["signal"],
+                    f"{e['weight']:+.2f}",
+                    f"{e['role']} {e['message_id']}",
+                    f"{e['text'][:120]}\n[dim]{e['detail'] or ''}[/]",
+                )
+            console.print(tab)
+
+    emit(data, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(judge_app, name="judge")
