@@ -93,5 +93,31 @@ def explain_cmd(message_id: str = typer.Argument(...), as_json: bool = JsonOpt) 
     emit(data, as_json, render)
 
 
+@judge_app.command("calibrate")
+def calibrate_cmd(
+    folds: int = typer.Option(5, "--folds", min=2),
+    min_items: int = typer.Option(20, "--min-items", min=4),
+    min_gain: float = typer.Option(0.01, "--min-gain", help="Replace only if cross-validated UAR improves this much."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only; never replace the calibrator."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Fit a calibrator from the explicit feedback in the store; report CV metrics before replacing anything."""
+    from afterword.judge.calibrate import calibrate
+
+    with guard(as_json):
+        rep = calibrate(open_store(), folds=folds, min_items=min_items, min_gain=min_gain, dry_run=dry_run)
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(f"explicit labels: {d['n']} {d['label_counts']}")
+        if "before" in d:
+            for k in ("uar", "macro_f1", "acc"):
+                console.print(
+                    f"  {k:>8}: before {d['before'][k]:.3f}  after {d['after'][k]:.3f}  ({d['folds']}-fold CV)"
+                )
+        console.print(("[green]calibrator stored[/]: " if d["replaced"] else "[yellow]not replaced[/]: ") + d["reason"])
+
+    emit(rep, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(judge_app, name="judge")

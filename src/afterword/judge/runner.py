@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from afterword.judge.calibrate import load_calibrator
 from afterword.judge.hindsight import HindsightJudge, label_for_score
 from afterword.judge.judge_config import JudgeConfig
 from afterword.records import Conversation, Judgment, JudgmentSource
@@ -146,6 +147,7 @@ def judge_store(
     """Judge every pending conversation; returns counts, label balance and throughput."""
     cfg = config or JudgeConfig()
     judge = HindsightJudge(cfg)
+    calibrator = load_calibrator(store)
     pending = pending_conversations(store, since=since, window_days=cfg.later_window_days)
     if limit is not None:
         pending = pending[:limit]
@@ -159,6 +161,8 @@ def judge_store(
         out: list[Judgment] = []
         for cv, js in zip(convs, results, strict=True):
             for jd in js:
+                if calibrator is not None:
+                    jd = calibrator.apply(jd)
                 out.append(jd)
                 if llm_judge is not None:
                     lj = llm_judge.judge_message(cv, jd.message_id)
@@ -179,6 +183,7 @@ def judge_store(
         "labels": labels,
         "turns_per_s": round(n_judged / dt, 1) if dt > 0 and n_judged else None,
         "model_version": judge.model_version,
+        "calibrated": calibrator is not None,
         "llm_judge": getattr(llm_judge, "model_version", None),
     }
 
