@@ -30,6 +30,11 @@ __all__ = [
     "suites",
     "suite_items",
     "job_state",
+    "eval_runs",
+    "eval_results",
+    "review_items",
+    "tandem_tasks",
+    "coaching_items",
     "USER_TABLES",
 ]
 
@@ -221,6 +226,93 @@ job_state = sa.Table(
     sa.Column("name", sa.String, primary_key=True),
     sa.Column("value", sa.Text),
     sa.Column("updated_utc", _ts, nullable=False),
+)
+
+# -- evals, review queue, tandem (migration 0003) ------------------------------
+
+eval_runs = sa.Table(
+    "eval_runs",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("suite", sa.String, nullable=False, index=True),
+    # The version under test, as the caller names it ("prompt-v2"); compare picks runs by it.
+    sa.Column("label", sa.String, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("endpoint", sa.Text),
+    sa.Column("system_prompt", sa.Text),
+    sa.Column("params_json", _json),  # temperature, max_tokens, scorers used
+    sa.Column("summary_json", _json),  # mean scores, pass rate, repeat-mistake rate
+    sa.Column("created_utc", _ts, nullable=False, index=True),
+)
+
+eval_results = sa.Table(
+    "eval_results",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("run_id", sa.String, nullable=False, index=True),
+    sa.Column("item_id", sa.String, nullable=False, index=True),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),  # 0 .. 1, the headline score of this item
+    # {reference_f1, reference_sim, reward, rubric, mistake_sim}: every scorer that ran.
+    sa.Column("scores_json", _json, nullable=False),
+    # For items frozen from a corrected mistake: does the output still make it?
+    sa.Column("repeat_mistake", sa.Boolean),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("error", sa.Text),
+)
+
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    # Explicit entries of the review queue beyond judged messages (tandem disagreements).
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("message_id", sa.String, nullable=False, index=True),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("priority", sa.Float, nullable=False),
+    sa.Column("detail_json", _json),
+    sa.Column("created_utc", _ts, nullable=False),
+    sa.Column("resolved_utc", _ts),
+)
+
+tandem_tasks = sa.Table(
+    "tandem_tasks",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("reference", sa.Text),
+    sa.Column("rubric", sa.Text),
+    sa.Column("human_id", sa.String, index=True),
+    sa.Column("human_answer", sa.Text),
+    sa.Column("human_answered_utc", _ts),
+    sa.Column("model", sa.String, index=True),
+    sa.Column("ai_answer", sa.Text),
+    sa.Column("ai_answered_utc", _ts),
+    # The AI answer as a stored assistant message: what review, corrections and DPO pairs hang off.
+    sa.Column("message_id", sa.String, index=True),
+    sa.Column("method", sa.String(16)),  # reference|rubric|pick
+    sa.Column("human_score", sa.Float),  # 0 .. 1
+    sa.Column("ai_score", sa.Float),
+    sa.Column("human_correct", sa.Boolean),
+    sa.Column("ai_correct", sa.Boolean),
+    sa.Column("outcome", sa.String(16)),  # agree|ai_wrong|human_wrong|both_wrong
+    sa.Column("compared_utc", _ts, index=True),
+    sa.Column("created_utc", _ts, nullable=False),
+    sa.Column("metadata_json", _json),
+)
+
+coaching_items = sa.Table(
+    "coaching_items",
+    metadata,
+    # A tandem task the human got wrong and the AI got right: shown back to that human.
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("human_id", sa.String, nullable=False, index=True),
+    sa.Column("task_id", sa.String, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("your_answer", sa.Text),
+    sa.Column("better_answer", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("created_utc", _ts, nullable=False),
+    sa.Column("seen_utc", _ts),
 )
 
 #: Tables holding a ``user_id`` column: what ``forget`` must clear.
