@@ -30,6 +30,7 @@ __all__ = [
     "suites",
     "suite_items",
     "job_state",
+    "artifacts",
     "eval_runs",
     "eval_results",
     "review_items",
@@ -313,6 +314,28 @@ coaching_items = sa.Table(
     sa.Column("note", sa.Text),
     sa.Column("created_utc", _ts, nullable=False),
     sa.Column("seen_utc", _ts),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    # Expert documents (memos, reports) mined by ``afterword artifacts``; id = hash of the extracted text.
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),  # where it was read from
+    sa.Column("format", sa.String(8), nullable=False),  # md|txt|html|pdf
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),  # of the raw file: re-ingest is a no-op
+    sa.Column("title", sa.Text),
+    sa.Column("text", sa.Text, nullable=False),  # the plain text citations and conclusion were read from
+    # [{raw, kind, key, method}]: every cited source, with its normalised matching key.
+    sa.Column("citations_json", _json, nullable=False),
+    sa.Column("conclusion", sa.Text),
+    # ``reverse``: {question, steps, sources, conclusion, question_source, model}.
+    sa.Column("reconstruction_json", _json),
+    # The training conversation ``reverse`` built from it: lineage from artifact to dataset rows.
+    sa.Column("conversation_id", sa.String, index=True),
+    sa.Column("ingested_utc", _ts, nullable=False),
+    sa.Column("reversed_utc", _ts),
+    sa.Column("metadata_json", _json),  # labelled options, extraction details
 )
 
 #: Tables holding a ``user_id`` column: what ``forget`` must clear.
