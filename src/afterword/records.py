@@ -194,5 +194,6 @@ class Memory(_Record):
     harmful: float = 0.0
     usefulness: float = 0.0
     superseded_by: str | None = None
+    active: bool = True  # False once superseded, faded or switched off; history is kept
     created_utc: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

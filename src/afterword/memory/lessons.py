@@ -1,0 +1,219 @@
+"""Lessons: what a correction or a bad judgment teaches, in a form that can be retrieved.
+
+A lesson is built structurally, with no LLM, from the record and the turns
+around it: the *situation* is the user message the response answered (this
+is what gets embedded, so a later paraphrase of the request finds it), *wrong*
+is the response, *right* is the correction (or, for a response judged
+dissatisfied, the user's follow-up when it reads as a correction). When an
+OpenAI-compatible LLM is configured it distils the same material into one
+short rule, which replaces the structural text; the structure is kept in
+the other fields, and a reply that is not a usable rule is ignored.
+
+Corrections by users make user-scope lessons (``MemoryConfig.lesson_scope``
+may widen them); corrections by reviewers make global ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import sqlalchemy as sa
+
+from afterword.llm import LLMClient
+from afterword.memory.control import add_memories, memory_id_for
+from afterword.memory.memory_config import MemoryConfig
+from afterword.records import Conversation, Memory
+from afterword.store import schema as t
+from afterword.store.store import Store
+
+__all__ = ["lesson_from_correction", "lesson_from_judgment", "distill_rule", "build_lessons", "shorten"]
+
+log = logging.getLogger("afterword.memory")
+
+_CORRECTIVE = re.compile(
+    r"^\s*(no\b|nope\b|wrong\b|incorrect\b|actually\b|that'?s (not|wrong|incorrect)|not quite\b|it'?s actually\b|"
+    r"the (right|correct) answer is\b)",
+    re.IGNORECASE,
+)
+
+
+def shorten(text: str | None, n: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _around(conv: Conversation, message_id: str) -> tuple[str, str | None]:
+    """The user request a message answered, and the user's next message (if any)."""
+    pos = next((i for i, m in enumerate(conv.messages) if m.id == message_id), None)
+    if pos is None:
+        return "", None
+    before = next((m.content for m in reversed(conv.messages[:pos]) if m.role == "user"), "")
+    after = next((m.content for m in conv.messages[pos + 1 :] if m.role == "user"), None)
+    return before, after
+
+
+def lesson_from_correction(
+    conv: Conversation, message_id: str, correction: str, *, scope: str = "user", source: str = "user"
+) -> Memory | None:
+    """A lesson from a correction of one assistant message in ``conv``."""
+    msg = next((m for m in conv.messages if m.id == message_id), None)
+    if msg is None or not correction.strip():
+        return None
+    situation, _ = _around(conv, message_id)
+    situation = situation or msg.content
+    text = (
+        f'Correction from an earlier conversation: to "{shorten(situation, 160)}" the correct answer is '
+        f'"{shorten(correction, 240)}", not "{shorten(msg.content, 100)}".'
+    )
+    return Memory(
+        kind="lesson",
+        scope="global" if source == "reviewer" or not conv.user_id else scope,
+        user_id=conv.user_id,
+        text=text,
+        situation=shorten(situation, 1000),
+        wrong=shorten(msg.content, 1000),
+        right=correction.strip(),
+        evidence_ids=[message_id],
+        metadata={"source": "correction", "conversation_id": conv.id, "by": source},
+    )
+
+
+def lesson_from_judgment(
+    conv: Conversation, message_id: str, *, scope: str = "user", source: str = ""
+) -> Memory | None:
+    """A lesson from a response judged dissatisfied; the follow-up is the right answer when it corrects."""
+    msg = next((m for m in conv.messages if m.id == message_id), None)
+    if msg is None or msg.role != "assistant":
+        return None
+    situation, after = _around(conv, message_id)
+    if not situation:
+        return None
+    right = after.strip() if after and _CORRECTIVE.search(after) else None
+    if right:
+        text = (
+            f'From an earlier conversation: to "{shorten(situation, 160)}" the answer "{shorten(msg.content, 100)}" '
+            f'was wrong; the user said: "{shorten(right, 200)}".'
+        )
+    else:
+        text = (
+            f'From an earlier conversation: the answer "{shorten(msg.content, 120)}" to "{shorten(situation, 160)}" '
+            "left the user dissatisfied; answer such a request differently."
+        )
+    return Memory(
+        kind="lesson",
+        scope=scope if conv.user_id else "global",
+        user_id=conv.user_id,
+        text=text,
+        situation=shorten(situation, 1000),
+        wrong=shorten(msg.content, 1000),
+        right=right,
+        evidence_ids=[message_id],
+        metadata={"source": f"judgment:{source}", "conversation_id": conv.id},
+    )
+
+
+_DISTILL = (
+    "A user corrected an AI assistant. Write ONE short rule (at most 30 words) that the assistant must follow next "
+    'time in the same situation. Reply with JSON only: {"rule": "..."}'
+)
+
+
+def distill_rule(llm: LLMClient, lesson: Memory) -> str | None:
+    """The LLM's one-line rule for a lesson, or None when it gives nothing usable."""
+    prompt = (
+        f"Situation (user request): {shorten(lesson.situation, 400)}\n"
+        f"Wrong answer: {shorten(lesson.wrong, 300)}\n"
+        f"Correct answer / user's correction: {shorten(lesson.right, 300) or '(not given; the user was unhappy)'}"
+    )
+    try:
+        obj = llm.chat_json([{"role": "system", "content": _DISTILL}, {"role": "user", "content": prompt}])
+    except Exception as exc:  # a weak or absent model must not stop the build
+        log.info("lesson distillation failed: %s", exc)
+        return None
+    rule = obj.get("rule") if isinstance(obj, dict) else None
+    if not isinstance(rule, str):
+        return None
+    rule = " ".join(rule.split())
+    if not 8 <= len(rule) <= 300 or rule.strip("{}[]\"' ") == "...":
+        return None
+    return rule
+
+
+def _judged_dissatisfied(store: Store, cfg: MemoryConfig) -> list[tuple[str, str]]:
+    """(message id, source) of responses whose first-present judgment is dissatisfied and confident."""
+    j = t.judgments
+    with store.read() as conn:
+        rows = conn.execute(
+            sa.select(j.c.message_id, j.c.source, j.c.label, j.c.confidence).where(j.c.source.in_(cfg.judgment_sources))
+        ).all()
+    best: dict[str, Any] = {}
+    rank = {s: i for i, s in enumerate(cfg.judgment_sources)}
+    for r in rows:
+        cur = best.get(r.message_id)
+        if cur is None or rank[r.source] < rank[cur.source]:
+            best[r.message_id] = r
+    return [
+        (mid, r.source)
+        for mid, r in best.items()
+        if r.label == "dissatisfied" and r.confidence >= cfg.judged_min_confidence
+    ]
+
+
+def build_lessons(
+    store: Store, config: MemoryConfig | None = None, llm: LLMClient | None = None, user_id: str | None = None
+) -> dict[str, int]:
+    """Build lessons from every correction and confident dissatisfied judgment; returns counts."""
+    cfg = config or MemoryConfig()
+    convs: dict[str, Conversation] = {}
+
+    def conv_of(cid: str) -> Conversation:
+        if cid not in convs:
+            convs[cid] = store.get_conversation(cid)
+        return convs[cid]
+
+    lessons: list[Memory] = []
+    corrected: set[str] = set()
+    for fb, msg, cid in store.corrections(user_id=user_id):
+        if not msg.id or not fb.correction:
+            continue
+        lesson = lesson_from_correction(conv_of(cid), msg.id, fb.correction, scope=cfg.lesson_scope, source=fb.source)
+        if lesson is not None:
+            lessons.append(lesson)
+            corrected.add(msg.id)
+    n_corr = len(lessons)
+    judged = [(mid, src) for mid, src in _judged_dissatisfied(store, cfg) if mid not in corrected]
+    if judged:
+        with store.read() as conn:
+            q = sa.select(t.messages.c.id, t.messages.c.conversation_id, t.messages.c.user_id).where(
+                t.messages.c.id.in_([m for m, _ in judged])
+            )
+            where = {r.id: r for r in conn.execute(q)}
+        for mid, src in judged:
+            r = where.get(mid)
+            if r is None or (user_id and r.user_id != user_id):
+                continue
+            lesson = lesson_from_judgment(conv_of(r.conversation_id), mid, scope=cfg.lesson_scope, source=src)
+            if lesson is not None:
+                lessons.append(lesson)
+    found = len(lessons)
+    with store.read() as conn:
+        ids = [memory_id_for(x) for x in lessons]
+        present = set(conn.execute(sa.select(t.memories.c.id).where(t.memories.c.id.in_(ids))).scalars())
+    lessons = [x for x, i in zip(lessons, ids, strict=True) if i not in present]
+    distilled = 0
+    if llm is not None and cfg.use_llm:
+        for lesson in lessons:
+            rule = distill_rule(llm, lesson)
+            if rule:
+                lesson.text = rule
+                lesson.metadata["distilled"] = True
+                distilled += 1
+    add_memories(store, lessons)
+    return {
+        "lessons_from_corrections": n_corr,
+        "lessons_from_judgments": found - n_corr,
+        "lessons_new": len(lessons),
+        "lessons_distilled": distilled,
+    }
