@@ -55,6 +55,15 @@ def parse_time(value: Any, field_name: str) -> datetime | None:
     """ISO-8601 strings or Unix seconds/milliseconds, to UTC-aware datetimes."""
     if value is None or value == "":
         return None
+    if type(value) is str:  # the common case first: ISO-8601 (3.11 reads a trailing Z itself)
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if dt.tzinfo is None:
+                return dt.replace(tzinfo=UTC)
+            return dt if dt.tzinfo is UTC else dt.astimezone(UTC)
     try:
         if isinstance(value, bool):
             raise TypeError

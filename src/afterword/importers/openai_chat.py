@@ -26,40 +26,81 @@ __all__ = ["parse", "parse_record"]
 _ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 
 
-def _message(m: Any, i: int, default_time: Any) -> Message:
-    path = f"messages[{i}]"
-    if not isinstance(m, dict):
-        raise RecordError(path, "expected an object")
-    role = field(m, "role", str, f"{path}.role", required=True)
-    if role not in _ROLES:
-        raise RecordError(f"{path}.role", f"unknown role {role!r}")
-    role = {"developer": "system", "function": "tool"}.get(role, role)
+_ROLE_MAP = {r: {"developer": "system", "function": "tool"}.get(r, r) for r in _ROLES}
+#: Keys a plain message has; anything else takes the slower, fully checked path.
+_PLAIN_KEYS = frozenset({"role", "content", "timestamp", "created_at", "created_utc"})
+_MSG_DEFAULTS = {name: f.get_default(call_default_factory=True) for name, f in Message.model_fields.items()}
+_new_message = Message.__new__
+_setattr = object.__setattr__
+
+
+def _trusted_message(values: dict[str, Any]) -> Message:
+    """``Message.model_construct(**values)`` without its per-field loop (the hot path).
+
+    Every value is type-checked by the caller. Message has no aliases, private
+    attributes or post-init hook, which is what lets this skip model_construct.
+    """
+    m = _new_message(Message)
+    d = _MSG_DEFAULTS.copy()
+    d["metadata"] = {}
+    d.update(values)
+    _setattr(m, "__dict__", d)
+    _setattr(m, "__pydantic_fields_set__", set(values))
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
+    return m
+
+
+def _message(m: Any, i: int, default_time: Any, default_model: str | None = None) -> Message:
+    if type(m) is not dict:
+        raise RecordError(f"messages[{i}]", "expected an object")
+    role = m.get("role")
+    if type(role) is not str or role not in _ROLE_MAP:
+        path = f"messages[{i}].role"
+        if role is None:
+            raise RecordError(path, "missing")
+        if not isinstance(role, str):
+            raise RecordError(path, f"expected str, got {type(role).__name__}")
+        raise RecordError(path, f"unknown role {role!r}")
     content = m.get("content")
-    if content is not None and not isinstance(content, str | list):
-        raise RecordError(f"{path}.content", f"expected string or list, got {type(content).__name__}")
-    tool_calls = field(m, "tool_calls", list, f"{path}.tool_calls")
-    ts = m.get("timestamp", m.get("created_at", m.get("created_utc")))
-    created = parse_time(ts, f"{path}.timestamp") if ts is not None else None
+    if type(content) is not str:
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+        else:
+            raise RecordError(f"messages[{i}].content", f"expected string or list, got {type(content).__name__}")
+    ts = m.get("timestamp")
+    if ts is None:
+        ts = m.get("created_at", m.get("created_utc"))
+    created = parse_time(ts, f"messages[{i}].timestamp") if ts is not None else None
     if created is None and default_time is not None:
         created = default_time + timedelta(seconds=i)  # keep order when only the line has a time
-    usage = field(m, "usage", dict, f"{path}.usage") or {}
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    try:
-        # Every field is type-checked above, so skip pydantic's second pass (hot path).
-        return Message.model_construct(
-            role=role,
-            content=content or "",
-            tool_calls=tool_calls,
-            created_utc=created,
-            model=field(m, "model", str, f"{path}.model"),
-            latency_ms=field(m, "latency_ms", (int, float), f"{path}.latency_ms"),
-            prompt_tokens=field(usage, "prompt_tokens", int, f"{path}.usage.prompt_tokens"),
-            completion_tokens=field(usage, "completion_tokens", int, f"{path}.usage.completion_tokens"),
-            metadata=field(m, "metadata", dict, f"{path}.metadata") or {},
+    role = _ROLE_MAP[role]
+    model = default_model if role == "assistant" else None
+    if m.keys() <= _PLAIN_KEYS:  # the common case, built in one step
+        msg = _new_message(Message)
+        _setattr(
+            msg,
+            "__dict__",
+            {**_MSG_DEFAULTS, "role": role, "content": content, "created_utc": created, "model": model, "metadata": {}},
         )
-    except ValueError as exc:
-        raise RecordError(path, str(exc).splitlines()[-1] if str(exc) else "invalid message") from None
+        _setattr(msg, "__pydantic_fields_set__", {"role", "content", "created_utc"})
+        _setattr(msg, "__pydantic_extra__", None)
+        _setattr(msg, "__pydantic_private__", None)
+        return msg
+    values: dict[str, Any] = {"role": role, "content": content, "created_utc": created, "model": model}
+    path = f"messages[{i}]"
+    usage = field(m, "usage", dict, f"{path}.usage") or {}
+    values.update(
+        tool_calls=field(m, "tool_calls", list, f"{path}.tool_calls"),
+        model=field(m, "model", str, f"{path}.model") or values.get("model"),
+        latency_ms=field(m, "latency_ms", (int, float), f"{path}.latency_ms"),
+        prompt_tokens=field(usage, "prompt_tokens", int, f"{path}.usage.prompt_tokens"),
+        completion_tokens=field(usage, "completion_tokens", int, f"{path}.usage.completion_tokens"),
+        metadata=field(m, "metadata", dict, f"{path}.metadata") or {},
+    )
+    return _trusted_message(values)
 
 
 def _feedback(fb: Any, j: int, msgs: list[Message]) -> Feedback:
@@ -126,12 +167,8 @@ def parse_record(obj: Any, source: str = "import:openai") -> Conversation:
     if session is not None and not isinstance(session, str | int):
         raise RecordError("session_id", "expected a string")
     started = parse_time(obj.get("timestamp"), "timestamp")
-    msgs = [_message(m, i, started) for i, m in enumerate(raw)]
-    model = field(obj, "model", str, "model")
-    if model:
-        for m in msgs:
-            if m.role == "assistant" and m.model is None:
-                m.model = model
+    model = field(obj, "model", str, "model") or None
+    msgs = [_message(m, i, started, model) for i, m in enumerate(raw)]
     fbs = obj.get("feedback") or []
     if isinstance(fbs, dict):
         fbs = [fbs]

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import sha256 as _sha256
 from typing import Any
 
 import sqlalchemy as sa
@@ -60,7 +61,11 @@ def conversation_id_for(conv: Conversation) -> str:
 
 
 def message_id_for(conversation_id: str, parent_id: str | None, msg: Message) -> str:
-    return stable_id("msg", conversation_id, parent_id or "", msg.role, msg.content, msg.tool_calls)
+    """``stable_id("msg", conversation, parent, role, content, tool_calls)``, inlined: the import hot path."""
+    calls = msg.tool_calls
+    tail = "\x00" if calls is None else json.dumps(calls, sort_keys=True, default=str)
+    data = "\x1f".join(("msg", conversation_id, parent_id or "", msg.role, msg.content, tail))
+    return _sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 @dataclass
@@ -137,6 +142,57 @@ def _bulk_insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[st
     conn.exec_driver_sql(sql, params)
 
 
+def _same(v: Any) -> Any:
+    return v
+
+
+def _sqlite_ts(v: datetime | None) -> str | None:
+    """A datetime as SQLAlchemy's SQLite DateTime stores it (naive UTC text)."""
+    if v is None:
+        return None
+    tz = v.tzinfo
+    if tz is UTC:
+        return v.isoformat(" ", "microseconds")[:26]  # drop the "+00:00"
+    if tz is not None:
+        v = v.astimezone(UTC).replace(tzinfo=None)
+    return v.isoformat(" ", "microseconds")
+
+
+def _json_text(v: Any) -> str | None:
+    return None if v is None else json.dumps(v)
+
+
+_CONV_COLS = ("id", "user_id", "source", "external_id", "started_utc", "metadata_json")
+_MSG_COLS = (
+    "id",
+    "conversation_id",
+    "seq",
+    "parent_id",
+    "user_id",
+    "role",
+    "content",
+    "tool_calls_json",
+    "created_utc",
+    "model",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "metadata_json",
+)
+
+
+def _insert_tuples(conn: sa.Connection, table: sa.Table, cols: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """INSERT-or-ignore rows given as tuples in ``cols`` order. On SQLite the values
+    are already converted (``_sqlite_ts``/``_json_text``) and go straight to executemany."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(postgresql.insert(table).on_conflict_do_nothing(), [dict(zip(cols, r, strict=True)) for r in rows])
+        return
+    sql = f"INSERT OR IGNORE INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    conn.exec_driver_sql(sql, rows)
+
+
 class Store:
     """A handle on one afterword database (SQLite file or PostgreSQL URL)."""
 
@@ -188,10 +244,92 @@ class Store:
     # -- conversations and messages ------------------------------------------
 
     def import_conversations(self, convs: Sequence[Conversation], default_source: str = "import") -> ImportCounts:
-        """Write whole conversations in one transaction; already-present content is skipped."""
+        """Write whole conversations in one transaction; already-present content is skipped.
+
+        The bulk-import hot path: rows are built once as tuples in column order
+        (already converted to what SQLite stores, when it is SQLite) and handed to
+        the driver's executemany, with no per-row SQLAlchemy or pydantic work.
+        """
         counts = ImportCounts()
         if not convs:
             return counts
+        now = utcnow()
+        lite = self.is_sqlite
+        ts = _sqlite_ts if lite else _same
+        js = _json_text if lite else _same
+        conv_rows: dict[str, tuple[Any, ...]] = {}
+        msg_rows: list[tuple[Any, ...]] = []
+        fb_rows: dict[str, dict[str, Any]] = {}
+        user_ids: set[str] = set()
+        mid_for = message_id_for
+        for conv in convs:
+            cid = conversation_id_for(conv)
+            if cid in conv_rows:  # the same conversation twice in one batch
+                counts.conversations_present += 1
+                continue
+            uid = conv.user_id
+            started = conv.started_utc or next((m.created_utc for m in conv.messages if m.created_utc), None)
+            conv_rows[cid] = (
+                cid,
+                uid,
+                conv.source or default_source,
+                conv.external_id,
+                ts(started),
+                js(conv.metadata) if conv.metadata else None,
+            )
+            if uid:
+                user_ids.add(uid)
+            parent: str | None = None
+            ids: list[str] = []
+            for seq, m in enumerate(conv.messages):
+                mid = m.id or mid_for(cid, parent, m)
+                ids.append(mid)
+                msg_rows.append(
+                    (
+                        mid,
+                        cid,
+                        seq,
+                        parent,
+                        uid,
+                        m.role,
+                        m.content,
+                        js(m.tool_calls) if m.tool_calls is not None else None,
+                        ts(m.created_utc),
+                        m.model,
+                        m.latency_ms,
+                        m.prompt_tokens,
+                        m.completion_tokens,
+                        js(m.metadata) if m.metadata else None,
+                    )
+                )
+                parent = mid
+            for fb in conv.feedback:
+                mid = fb.message_id
+                if mid is None and fb.message_index is not None and 0 <= fb.message_index < len(ids):
+                    mid = ids[fb.message_index]
+                if mid is None:
+                    continue
+                row = self._feedback_row(fb, mid, uid, now)
+                fb_rows[row["id"]] = row
+        with self.write() as conn:
+            existing = self._existing(conn, t.conversations, list(conv_rows))
+            counts.conversations = len(conv_rows) - len(existing)
+            counts.conversations_present += len(existing)
+            new_msgs = msg_rows
+            if existing:
+                present = self._existing(conn, t.messages, [r[0] for r in msg_rows if r[1] in existing])
+                new_msgs = [r for r in msg_rows if r[0] not in present]
+            counts.messages = len(new_msgs)
+            counts.messages_present = len(msg_rows) - len(new_msgs)
+            present_fb = self._existing(conn, t.feedback, list(fb_rows)) if fb_rows else set()
+            counts.feedback = len(fb_rows) - len(present_fb)
+            _bulk_insert_ignore(
+                conn, t.users, [{"id": u, "created_utc": now, "metadata_json": None} for u in sorted(user_ids)]
+            )
+            _insert_tuples(conn, t.conversations, _CONV_COLS, [r for r in conv_rows.values() if r[0] not in existing])
+            _insert_tuples(conn, t.messages, _MSG_COLS, new_msgs)
+            _bulk_insert_ignore(conn, t.feedback, [r for k, r in fb_rows.items() if k not in present_fb])
+        return counts
         now = utcnow()
         conv_rows: dict[str, dict[str, Any]] = {}
         msg_rows: list[dict[str, Any]] = []
