@@ -77,18 +77,35 @@ class LLMClient:
             raise UpstreamError(r.status_code, r.text)
         return str(r.json()["choices"][0]["message"].get("content") or "")
 
-    def chat_json(self, messages: list[dict[str, Any]], retries: int = 1, **params: Any) -> Any:
-        """Ask for JSON; parse it; retry once with a reminder if the reply is not JSON."""
+    def chat_json(
+        self, messages: list[dict[str, Any]], retries: int = 1, schema: dict[str, Any] | None = None, **params: Any
+    ) -> Any:
+        """Ask for JSON and parse it.
+
+        With ``schema``, the request carries ``response_format={"type": "json_object", "schema": ...}``, which
+        llama.cpp's server enforces with a grammar, so even a 135M model returns valid JSON. An endpoint that
+        rejects that field (HTTP 400) is asked again without it. A reply that is not JSON is retried once.
+        """
+        if schema is not None and "response_format" not in params and not getattr(self, "_no_schema", False):
+            params["response_format"] = {"type": "json_object", "schema": schema}
         last = ""
         for attempt in range(retries + 1):
             msgs = messages
-            if attempt:
+            if attempt and last:
                 msgs = [
                     *messages,
                     {"role": "assistant", "content": last},
                     {"role": "user", "content": "Reply with the JSON object only."},
                 ]
-            last = self.chat(msgs, **params)
+            try:
+                last = self.chat(msgs, **params)
+            except UpstreamError as exc:
+                if exc.status == 400 and "response_format" in params:
+                    params.pop("response_format")
+                    self._no_schema = True
+                    last = self.chat(msgs, **params)
+                else:
+                    raise
             try:
                 return extract_json(last)
             except ValueError:

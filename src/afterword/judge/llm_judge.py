@@ -17,20 +17,36 @@ from afterword.judge.hindsight import label_for_score
 from afterword.llm import LLMClient
 from afterword.records import Conversation, Evidence, Judgment, JudgmentSource
 
-__all__ = ["LLMJudge", "RUBRIC"]
+__all__ = ["LLMJudge", "RUBRIC", "SCHEMA"]
 
 RUBRIC = """You grade whether an AI assistant's response satisfied the user, judging ONLY from what the user \
 did afterwards. Signs of satisfaction: thanks, acceptance, "it worked", moving on to a new topic. Signs of \
 dissatisfaction: complaints, corrections, "that's wrong", repeating or rephrasing the same request, \
 "still failing", giving up.
 
-Reply with one JSON object and nothing else:
-{"satisfaction": ["<short quote from the user>", ...],
- "dissatisfaction": ["<short quote from the user>", ...],
- "verdict": "satisfied" | "neutral" | "dissatisfied",
- "confidence": <number from 0 to 1>}"""
+Reply with one JSON object: "satisfaction" (a list of the user's words that show satisfaction), \
+"dissatisfaction" (a list of the user's words that show dissatisfaction), "verdict" (satisfied, neutral or \
+dissatisfied) and "confidence" (0 to 1)."""
 
 _VERDICT = {"satisfied": 1.0, "neutral": 0.0, "dissatisfied": -1.0}
+
+#: JSON schema of the reply; grammar-enforced on llama.cpp servers.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "satisfaction": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "dissatisfaction": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "verdict": {"type": "string", "enum": ["satisfied", "neutral", "dissatisfied"]},
+        "confidence": {"type": "number"},
+    },
+    "required": ["satisfaction", "dissatisfaction", "verdict", "confidence"],
+}
+
+
+def _quote_ok(x: object) -> bool:
+    """A real quote, not an empty string or a template placeholder echoed back."""
+    s = str(x).strip()
+    return bool(s) and not (s.startswith("<") and s.endswith(">"))
 
 
 class LLMJudge:
@@ -66,7 +82,9 @@ class LLMJudge:
         prompt, after_ids = self._prompt(conv, index)
         try:
             out = self.client.chat_json(
-                [{"role": "system", "content": RUBRIC}, {"role": "user", "content": prompt}], max_tokens=256
+                [{"role": "system", "content": RUBRIC}, {"role": "user", "content": prompt}],
+                schema=SCHEMA,
+                max_tokens=200,
             )
         except Exception:
             return None
@@ -75,8 +93,8 @@ class LLMJudge:
     def _to_judgment(self, out: Any, message_id: str, after_ids: list[str]) -> Judgment | None:
         if not isinstance(out, dict):
             return None
-        sat = [str(x) for x in out.get("satisfaction") or [] if str(x).strip()]
-        dis = [str(x) for x in out.get("dissatisfaction") or [] if str(x).strip()]
+        sat = [str(x) for x in out.get("satisfaction") or [] if _quote_ok(x)]
+        dis = [str(x) for x in out.get("dissatisfaction") or [] if _quote_ok(x)]
         verdict = str(out.get("verdict", "")).lower().strip()
         if verdict not in _VERDICT and not (sat or dis):
             return None
