@@ -1,0 +1,670 @@
+"""``afterword serve``: an OpenAI-compatible proxy that logs and remembers.
+
+Apps point their OpenAI SDK at the proxy instead of the model server and get
+capture and memory with no code change. Per request the proxy
+
+1. authenticates the caller's afterword API key (hashed in the store, cached
+   in process; see :mod:`afterword.serve.keys`),
+2. reads the body defensively (size limit, strict UTF-8, JSON depth limit),
+3. injects the user's memories into the messages (best effort, time-boxed),
+4. forwards to the upstream with a pooled async httpx client and its own key,
+5. streams or returns the reply, passing the upstream's status, errors and
+   rate-limit headers through unchanged,
+6. hands the exchange, with the messages *as the app sent them*, to a
+   :class:`~afterword.capture.CaptureLogger`, which writes in the background.
+
+The store is never on the request path: if it is down at startup the proxy
+keeps retrying to open it, logs go to a durable spool meanwhile, and the
+spool is replayed once the store answers (ids are content hashes, so replay
+never duplicates). Only key verification needs the store, and it falls back
+to recently verified keys while the store is down.
+
+The assistant message's id (what feedback and credit attach to) comes back
+in the ``X-Afterword-Message-Id`` header and the ``afterword_message_id`` body
+field. A streamed reply's id depends on text not yet generated when headers
+go out, so streams carry it in a final SSE comment line instead
+(``: afterword_message_id=<id>``), which SSE clients ignore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from afterword.capture.logger import CaptureLogger
+from afterword.capture.wrap import to_message
+from afterword.errors import StoreError
+from afterword.records import Conversation, Message, utcnow
+from afterword.serve.errors import ProxyError, error_response
+from afterword.serve.keys import KeyCache
+from afterword.serve.proxy_config import CONFIG_ENV, ProxyConfig
+from afterword.serve.spool import SharedSpool
+from afterword.store.store import Store
+
+__all__ = ["create_app", "app_from_env", "ProxyState", "USER_HEADER", "SESSION_HEADER", "MESSAGE_ID_HEADER"]
+
+log = logging.getLogger("afterword.serve")
+
+USER_HEADER = "x-afterword-user"
+SESSION_HEADER = "x-afterword-session"
+MESSAGE_ID_HEADER = "X-Afterword-Message-Id"
+
+# Not forwarded from the upstream's response: hop-by-hop, recomputed, or not the client's business.
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "server",
+        "date",
+        "set-cookie",
+    }
+)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return True
+        children = o.values() if isinstance(o, dict) else o
+        stack.extend((c, d + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _clean_text(s: Any) -> Any:
+    """Lone surrogates (legal in JSON escapes) cannot be stored as UTF-8: replace them."""
+    if isinstance(s, str) and not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+def _response_headers(upstream: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
+
+
+class _StreamAccumulator:
+    """Rebuilds the assistant message from SSE ``data:`` payloads (content, tool calls, usage)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+
+    def add(self, data: bytes) -> None:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(chunk, dict):
+            return
+        self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for ch in chunk.get("choices") or []:
+            if not isinstance(ch, dict):
+                continue
+            self.finish_reason = ch.get("finish_reason") or self.finish_reason
+            delta = ch.get("delta") or {}
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("content"), str):
+                self.parts.append(delta["content"])
+            for tc in delta.get("tool_calls") or []:
+                if isinstance(tc, dict):
+                    self._merge_tool_call(tc)
+
+    def _merge_tool_call(self, tc: dict[str, Any]) -> None:
+        idx = tc.get("index", len(self.tool_calls))
+        cur = self.tool_calls.setdefault(idx, {"type": "function", "function": {"name": "", "arguments": ""}})
+        if tc.get("id"):
+            cur["id"] = tc["id"]
+        fn = tc.get("function") or {}
+        if isinstance(fn, dict):
+            cur["function"]["name"] += fn.get("name") or ""
+            cur["function"]["arguments"] += fn.get("arguments") or ""
+
+    def message(self, latency_ms: float, complete: bool) -> Message:
+        usage = self.usage or {}
+        return Message(
+            role="assistant",
+            content=_clean_text("".join(self.parts)),
+            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            model=self.model,
+            latency_ms=latency_ms,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            metadata={} if complete else {"incomplete": True},
+        )
+
+
+def _reply_from_json(data: dict[str, Any], latency_ms: float) -> Message:
+    choices = data.get("choices") or []
+    msg = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    out = to_message(msg) if isinstance(msg, dict) else Message(role="assistant", content="")
+    out.content = _clean_text(out.content)
+    out.model = data.get("model") if isinstance(data.get("model"), str) else None
+    out.latency_ms = latency_ms
+    out.prompt_tokens = usage.get("prompt_tokens")
+    out.completion_tokens = usage.get("completion_tokens")
+    return out
+
+
+class _Call:
+    """One chat completion on its way through: what is logged once the reply is known."""
+
+    def __init__(self, state: ProxyState, records: list[Message] | None, user: str | None, session: str | None):
+        self.state = state
+        self.records = records
+        self.user = user
+        self.session = session
+        self.injection: Any = None
+        self.t0 = time.perf_counter()
+
+    def finish(self, reply: Message) -> str | None:
+        """Queue the exchange for the store; returns the assistant message id. Never raises."""
+        if self.records is None:
+            return None
+        try:
+            now = utcnow()
+            msgs = [m.model_copy() for m in self.records]
+            for m in msgs:
+                m.created_utc = now
+            reply.created_utc = now
+            conv = Conversation(messages=[*msgs, reply], user_id=self.user, external_id=self.session, source="proxy")
+            self.state.logger.log(conv)
+            mid = conv.messages[-1].id
+        except Exception as exc:
+            log.warning("afterword: could not log a call: %s", exc)
+            return None
+        self.state.credit(self.injection, mid, self.user)
+        return mid
+
+
+class ProxyState:
+    """Everything one worker holds: settings, upstream client, store, logger, keys, memory."""
+
+    def __init__(self, config: ProxyConfig, injector: Any = None) -> None:
+        self.config = config
+        self._injector_override = injector
+        self.store: Store | None = None
+        self.spool = SharedSpool(config.spool_path)
+        self.logger = CaptureLogger(None, self.spool)
+        self.keys = KeyCache(None, "proxy", ttl_s=config.key_cache_ttl_s)
+        self.injector: Any = None
+        self.http: httpx.AsyncClient | None = None
+        self._credit_pool = ThreadPoolExecutor(1, thread_name_prefix="afterword-credit")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._store_lock = threading.Lock()
+        headers = {"Authorization": f"Bearer {config.upstream_key}"} if config.upstream_key else {}
+        self._upstream_headers = {"Content-Type": "application/json", **headers}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.http = httpx.AsyncClient(
+            base_url=cfg.upstream,
+            timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s),
+            limits=httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections),
+        )
+        await run_in_threadpool(self.try_open_store)
+        self._tasks.append(asyncio.create_task(self._maintain()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.http is not None:
+            await self.http.aclose()
+        await run_in_threadpool(self.logger.close)
+        self._credit_pool.shutdown(wait=True)
+
+    def try_open_store(self) -> bool:
+        """Open the store if it is not open yet. Blocking; never raises."""
+        with self._store_lock:
+            if self.store is not None:
+                return True
+            try:
+                store = Store(self.config.store_url)
+            except Exception as exc:
+                log.warning("afterword: store unavailable (%s); logs are spooled until it answers", exc)
+                return False
+            self.store = store
+            self.keys.store = store
+            self.logger.store = store
+            if self.config.memory:
+                self.injector = self._injector_override or self._make_injector(store)
+                self._warm_up(self.injector)
+        self.replay()
+        return True
+
+    @staticmethod
+    def _make_injector(store: Store) -> Any:
+        try:
+            from afterword.memory import MemoryInjector  # late: memory pulls in the embedder
+        except Exception as exc:  # memory is optional: the proxy still logs
+            log.warning("afterword: memory injection disabled (%s)", exc)
+            return None
+        try:
+            return MemoryInjector(store)
+        except Exception as exc:
+            log.warning("afterword: memory injection disabled (%s)", exc)
+            return None
+
+    @staticmethod
+    def _warm_up(injector: Any) -> None:
+        """Load the embedder and index now, not on the first request (it would time out)."""
+        if injector is None:
+            return
+        try:
+            injector.inject([{"role": "user", "content": "warm up"}], user_id=None)
+        except Exception as exc:
+            log.warning("afterword: memory warm-up failed: %s", exc)
+
+    def replay(self) -> int:
+        if self.store is None or not self.spool.has_pending():
+            return 0
+        try:
+            return self.spool.replay(self.store)
+        except Exception as exc:
+            log.warning("afterword: spool replay failed (%s); will retry", exc)
+            return 0
+
+    async def _maintain(self) -> None:
+        """Reopen a store that was down at startup; replay the spool when idle."""
+        while True:
+            if self.store is None:
+                await asyncio.sleep(self.config.store_retry_s)
+                await run_in_threadpool(self.try_open_store)
+            else:
+                await asyncio.sleep(self.config.replay_interval_s)
+                if self.spool.has_pending():
+                    await run_in_threadpool(self.replay)
+
+    # -- per request ---------------------------------------------------------------
+
+    async def authorize(self, request: Request) -> None:
+        if not self.config.require_key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ProxyError(
+                401,
+                "Missing API key: send 'Authorization: Bearer aw-...' (create one with 'afterword keys create').",
+                "authentication_error",
+                "missing_api_key",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        ok = self.keys.cached(token)
+        if ok is None:
+            try:
+                ok = await run_in_threadpool(self.keys.check, token)
+            except StoreError:
+                raise ProxyError(
+                    503, "Cannot verify the API key: the store is unavailable.", "server_error", "store_unavailable"
+                ) from None
+        if not ok:
+            raise ProxyError(
+                401,
+                "Invalid or revoked API key.",
+                "authentication_error",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        cfg = self.config
+        limit = cfg.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise ProxyError.bad_request("Invalid Content-Length header.", "invalid_content_length")
+            if int(declared) > limit:
+                raise ProxyError(413, f"Request body over {limit} bytes.", "invalid_request_error", "body_too_large")
+        buf = bytearray()
+
+        async def receive() -> None:
+            async for chunk in request.stream():
+                buf.extend(chunk)
+                if len(buf) > limit:
+                    raise ProxyError(
+                        413, f"Request body over {limit} bytes.", "invalid_request_error", "body_too_large"
+                    )
+
+        try:
+            await asyncio.wait_for(receive(), cfg.body_timeout_s)
+        except TimeoutError:
+            raise ProxyError(
+                408, "Request body not received in time.", "invalid_request_error", "body_timeout"
+            ) from None
+        try:
+            text = buf.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProxyError.bad_request(
+                f"Request body is not valid UTF-8 (byte {exc.start}).", "invalid_utf8"
+            ) from None
+        try:
+            body = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:
+            raise ProxyError.bad_request("Request JSON is nested too deeply.", "json_too_deep") from None
+        except ValueError as exc:
+            raise ProxyError.bad_request(f"Request body is not valid JSON: {exc}", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise ProxyError.bad_request("Request body must be a JSON object.", "invalid_request")
+        if _too_deep(body, cfg.max_json_depth):
+            raise ProxyError.bad_request(
+                f"Request JSON is nested deeper than {cfg.max_json_depth} levels.", "json_too_deep"
+            )
+        return body
+
+    def identity(self, request: Request, body: dict[str, Any]) -> tuple[str | None, str | None]:
+        user = request.headers.get(USER_HEADER) or body.get("user")
+        session = request.headers.get(SESSION_HEADER)
+        user = user if isinstance(user, str) and user else None
+        for name, value in (("user", user), ("session", session)):
+            if value is not None and len(value) > self.config.max_id_chars:
+                raise ProxyError.bad_request(
+                    f"The {name} id is over {self.config.max_id_chars} characters.", f"{name}_too_long"
+                )
+        return user, session or None
+
+    async def inject(self, call: _Call, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        injector = self.injector
+        if injector is None:
+            return messages
+        try:
+            injection = await asyncio.wait_for(
+                run_in_threadpool(injector.inject, messages, user_id=call.user), self.config.memory_timeout_s
+            )
+        except Exception as exc:  # memory is best effort: forward the request as sent
+            log.warning("afterword: memory injection failed: %r", exc)
+            return messages
+        new = getattr(injection, "messages", None)
+        if not isinstance(new, list):
+            return messages
+        call.injection = injection
+        return new
+
+    def credit(self, injection: Any, message_id: str | None, user: str | None) -> None:
+        """Record which memories shaped ``message_id``, off the request path."""
+        if injection is None or message_id is None or self.injector is None or not getattr(injection, "items", None):
+            return
+        injector = self.injector
+
+        def run() -> None:
+            try:
+                injector.record_injection(injection, message_id=message_id, user_id=user)
+            except Exception as exc:
+                log.warning("afterword: could not record a memory injection: %s", exc)
+
+        with contextlib.suppress(RuntimeError):  # shutting down
+            self._credit_pool.submit(run)
+
+    def upstream_error(self, exc: httpx.HTTPError) -> ProxyError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ProxyError(
+                504,
+                f"The upstream did not answer in time ({type(exc).__name__}).",
+                "upstream_error",
+                "upstream_timeout",
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return ProxyError(502, f"Cannot reach the upstream: {exc}", "upstream_error", "upstream_unreachable")
+        return ProxyError(
+            502, f"The upstream connection failed: {type(exc).__name__}: {exc}", "upstream_error", "upstream_failed"
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        await self.authorize(request)
+        body = await self.read_json(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise ProxyError.bad_request("'messages' must be a non-empty array of message objects.", "invalid_messages")
+        user, session = self.identity(request, body)
+        try:
+            records: list[Message] | None = [to_message(m) for m in messages]
+        except Exception:  # an odd message the upstream may still accept: forward it, skip the log
+            records = None
+        call = _Call(self, records, user, session)
+        forwarded = await self.inject(call, messages)
+        if forwarded is not messages:
+            body = {**body, "messages": forwarded}
+        try:
+            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, ValueError):
+            raise ProxyError.bad_request(
+                "Request JSON holds text that is not valid Unicode.", "invalid_unicode"
+            ) from None
+        if body.get("stream") is True:
+            return await self._stream(call, payload)
+        return await self._complete(call, payload)
+
+    async def _complete(self, call: _Call, payload: bytes) -> Response:
+        assert self.http is not None
+        try:
+            up = await self.http.post("/chat/completions", content=payload, headers=self._upstream_headers)
+        except httpx.HTTPError as exc:
+            raise self.upstream_error(exc) from None
+        latency_ms = (time.perf_counter() - call.t0) * 1000
+        headers = _response_headers(up)
+        data: Any = None
+        if up.status_code < 300:
+            with contextlib.suppress(ValueError):
+                data = json.loads(up.content)
+        if not isinstance(data, dict):  # an error, or a body we cannot read: pass it through untouched
+            return Response(up.content, status_code=up.status_code, headers=headers)
+        try:
+            reply = _reply_from_json(data, latency_ms)
+        except Exception:
+            return Response(up.content, status_code=up.status_code, headers=headers)
+        mid = call.finish(reply)
+        if mid is None:
+            return Response(up.content, status_code=up.status_code, headers=headers)
+        data["afterword_message_id"] = mid
+        headers[MESSAGE_ID_HEADER] = mid
+        body = json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return Response(body, status_code=up.status_code, headers=headers)
+
+    async def _stream(self, call: _Call, payload: bytes) -> Response:
+        assert self.http is not None
+        req = self.http.build_request(
+            "POST",
+            "/chat/completions",
+            content=payload,
+            headers={**self._upstream_headers, "Accept": "text/event-stream"},
+        )
+        try:
+            up = await self.http.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise self.upstream_error(exc) from None
+        if up.status_code >= 300:
+            try:
+                content = await up.aread()
+            except httpx.HTTPError as exc:
+                raise self.upstream_error(exc) from None
+            finally:
+                await up.aclose()
+            return Response(content, status_code=up.status_code, headers=_response_headers(up))
+        return StreamingResponse(
+            self._relay(call, up),
+            status_code=up.status_code,
+            headers=_response_headers(up),
+            background=BackgroundTask(up.aclose),  # also when the relay never started
+        )
+
+    async def _relay(self, call: _Call, up: httpx.Response) -> AsyncIterator[bytes]:
+        """Forward the SSE bytes as they come; note the reply; log it when the stream ends."""
+        acc = _StreamAccumulator()
+        logged = False
+        buf = b""
+
+        def finish(complete: bool) -> bytes:
+            nonlocal logged
+            logged = True
+            mid = call.finish(acc.message((time.perf_counter() - call.t0) * 1000, complete))
+            return f": afterword_message_id={mid}\n\n".encode() if mid else b""
+
+        try:
+            async for chunk in up.aiter_bytes():
+                buf += chunk
+                out = bytearray()
+                while (nl := buf.find(b"\n")) >= 0:
+                    line, buf = buf[: nl + 1], buf[nl + 1 :]
+                    stripped = line.strip()
+                    if stripped.startswith(b"data:"):
+                        data = stripped[5:].strip()
+                        if data == b"[DONE]":
+                            out += finish(True)
+                        else:
+                            acc.add(data)
+                    out += line
+                if out:
+                    yield bytes(out)
+            if buf:
+                yield buf
+            if not logged:  # an upstream that ends without [DONE]
+                yield finish(True)
+        except httpx.HTTPError as exc:  # headers are gone: all we can do is end the stream
+            log.warning("afterword: upstream stream broke: %s", exc)
+        finally:
+            await up.aclose()
+            if not logged:  # the client went away, or the upstream broke: keep what was said
+                finish(False)
+
+    async def models(self, request: Request) -> Response:
+        await self.authorize(request)
+        assert self.http is not None
+        try:
+            up = await self.http.get("/models", headers=self._upstream_headers)
+        except httpx.HTTPError as exc:
+            raise self.upstream_error(exc) from None
+        return Response(up.content, status_code=up.status_code, headers=_response_headers(up))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "store": "up" if self.store is not None else "down",
+            "spool_pending": self.spool.has_pending(),
+            "memory": self.injector is not None,
+            "auth": self.config.require_key,
+            "logged": self.logger.written,
+            "spooled": self.logger.spooled,
+        }
+
+
+def _install(app: FastAPI, state: ProxyState) -> None:
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(_: Request, exc: ProxyError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error", kind, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> Response:
+        log.exception("afterword: unexpected proxy error")
+        return error_response(500, f"Internal proxy error: {type(exc).__name__}", "server_error", "internal_error")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await state.chat_completions(request)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        return await state.models(request)
+
+    @app.get("/healthz")
+    async def health() -> JSONResponse:
+        return JSONResponse(state.health())
+
+
+def create_app(
+    store_url: str | None,
+    upstream: str,
+    *,
+    require_key: bool = True,
+    memory: bool | Any = True,
+    spool_path: str | os.PathLike[str] | None = None,
+    **settings: Any,
+) -> FastAPI:
+    """The proxy as an ASGI app. ``settings`` are further :class:`ProxyConfig` fields.
+
+    ``memory`` is True (inject with ``afterword.memory.MemoryInjector``), False, or
+    an injector object of your own (``inject`` and ``record_injection``).
+
+    Keys are required by default; ``afterword serve`` turns that off only on a
+    loopback host. The store is opened (and migrated) when the app starts.
+    """
+    config = ProxyConfig(
+        store_url=store_url,
+        upstream=upstream,
+        require_key=require_key,
+        memory=memory is not False and memory is not None,
+        spool_path=os.fspath(spool_path) if spool_path is not None else None,
+        **settings,
+    )
+    return _app_for(config, None if isinstance(memory, bool) else memory)
+
+
+def _app_for(config: ProxyConfig, injector: Any = None) -> FastAPI:
+    state = ProxyState(config, injector)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="afterword proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.afterword = state
+    _install(app, state)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app factory uvicorn workers call (``afterword.serve.proxy:app_from_env``), configured by
+    ``$AFTERWORD_SERVE_CONFIG`` (a ProxyConfig as JSON)."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; start the proxy with 'afterword serve'")
+    return _app_for(ProxyConfig.model_validate_json(raw))
