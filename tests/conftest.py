@@ -41,10 +41,17 @@ def store(tmp_path) -> Iterator[Store]:
 def pg_server(tmp_path_factory):
     if importlib.util.find_spec("pgserver") is None:
         pytest.skip("pgserver not installed (pip install 'afterword[pg]')")
+    # Not under pytest's tmp dir: as root, pgserver runs postgres as its own user, which
+    # cannot enter /tmp/pytest-of-root (mode 0700). A fresh dir directly under /tmp is reachable.
+    import shutil
+    import tempfile
+
     import pgserver
 
-    srv = pgserver.get_server(str(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    data = tempfile.mkdtemp(prefix="afterword-pg-")
+    srv = pgserver.get_server(data, cleanup_mode="stop")
     yield srv
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def forget_user(store: Store, user_id: str) -> dict[str, Any]:
         mids = list(conn.execute(sa.select(t.messages.c.id).where(t.messages.c.user_id == user_id)).scalars())
         stale = list(
             conn.execute(
-                sa.select(sa.distinct(t.export_items.c.export_id)).where(t.export_items.c.user_id == user_id)
+                sa.select(t.export_items.c.export_id).where(t.export_items.c.user_id == user_id).distinct()
             ).scalars()
         )
         if stale:
@@ -155,4 +155,11 @@ def forget_user(store: Store, user_id: str) -> dict[str, Any]:
         for table in (t.memories, t.export_items, t.messages, t.conversations):
             removed[table.name] = conn.execute(table.delete().where(table.c.user_id == user_id)).rowcount
         removed["users"] = conn.execute(t.users.delete().where(t.users.c.id == user_id)).rowcount
+        if store.is_sqlite:
+            # SQLite reuses the rowids of deleted top rows: lower the FTS watermark so that
+            # messages inserted next (with those rowids) are still indexed by sync_fulltext.
+            top = conn.exec_driver_sql("SELECT coalesce(max(rowid), 0) FROM messages").scalar() or 0
+            last = conn.execute(sa.select(t.job_state.c.value).where(t.job_state.c.name == _FTS_STATE)).scalar()
+            if last is not None and int(last) > top:
+                store.set_state(_FTS_STATE, str(top), conn)
     return {"user_id": user_id, "removed": removed, "memory_ids": mem_ids, "stale_exports": stale}
