@@ -1,0 +1,185 @@
+"""``afterword ui``: the review queue as a small FastAPI app and one static page.
+
+The page (``static/index.html`` + ``app.js`` + ``app.css``, no build step)
+talks to a JSON API over the library in :mod:`afterword.ui.review` and
+:mod:`afterword.evals.dashboard`. The app adds only what the web needs:
+sign-in and CSRF (:mod:`afterword.ui.auth`), a strict Content-Security-Policy
+(scripts only from this origin, no inline script, so injected markup cannot
+run even if it reached the page), and one JSON error shape::
+
+    {"error": {"message": "...", "type": "...", "code": "..."}}
+
+Routes are plain ``def`` functions, so FastAPI runs the blocking store calls
+in its thread pool.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from afterword.errors import AfterwordError, ConfigError, NotFoundError
+from afterword.store.store import Store
+from afterword.ui import review
+from afterword.ui.auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Sessions, check_key, csrf_ok, is_loopback
+
+__all__ = ["create_app", "serve_ui", "error_json"]
+
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_OPEN = {"/api/session", "/api/login"}
+
+
+def error_json(status: int, message: str, code: str, type_: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+
+
+def create_app(
+    store: Store, *, auth_required: bool = False, reviewer: str = "local", dashboard_ttl_s: float = 30.0
+) -> FastAPI:
+    """The UI app on ``store``. With ``auth_required`` every API call needs a session or a bearer key."""
+    app = FastAPI(title="afterword review", docs_url=None, redoc_url=None, openapi_url=None)
+    sessions = Sessions()
+    static = resources.files("afterword") / "ui" / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    cache: dict[str, Any] = {}
+    cache_lock = threading.Lock()
+
+    def who(request: Request) -> tuple[str | None, bool]:
+        """(reviewer, via bearer key)"""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer ") and check_key(store, auth[7:].strip()):
+            return "api-key", True
+        if not auth_required:
+            return reviewer, False
+        return sessions.who(request.cookies.get(SESSION_COOKIE)), False
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if path.startswith("/api/"):
+            name, bearer = who(request)
+            if auth_required and name is None and path not in _OPEN:
+                return error_json(401, "sign in with an API key of scope 'ui'", "unauthorized", "authentication_error")
+            if request.method not in ("GET", "HEAD", "OPTIONS") and not bearer:
+                ok = csrf_ok(
+                    request.cookies.get(CSRF_COOKIE),
+                    request.headers.get(CSRF_HEADER),
+                    request.headers.get("origin"),
+                    request.headers.get("host"),
+                )
+                if not ok:
+                    return error_json(403, "missing or wrong CSRF token", "csrf", "permission_error")
+            request.state.reviewer = name
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = _CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        if CSRF_COOKIE not in request.cookies:
+            response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(32), samesite="strict", httponly=False, path="/")
+        return response
+
+    @app.exception_handler(AfterwordError)
+    def _afterword_error(request: Request, exc: AfterwordError) -> JSONResponse:
+        if isinstance(exc, NotFoundError):
+            return error_json(404, str(exc), "not_found")
+        if isinstance(exc, ConfigError):
+            return error_json(400, str(exc), "bad_request")
+        return error_json(500, str(exc), "store_error", "server_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_json(exc.status_code, str(exc.detail), "http_error")
+
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    @app.get("/api/session")
+    def session(request: Request) -> dict[str, Any]:
+        name = request.state.reviewer
+        return {"auth_required": auth_required, "signed_in": name is not None, "reviewer": name}
+
+    @app.post("/api/login")
+    def login(request: Request, body: dict[str, Any] = Body(...)) -> Response:
+        key = str(body.get("key") or "")
+        if not check_key(store, key):
+            time.sleep(0.2)  # slow down guessing
+            return error_json(401, "unknown or revoked key", "bad_key", "authentication_error")
+        name = str(body.get("name") or "reviewer")[:64]
+        resp = JSONResponse({"signed_in": True, "reviewer": name})
+        resp.set_cookie(
+            SESSION_COOKIE, sessions.start(name), httponly=True, samesite="strict", path="/", max_age=12 * 3600
+        )
+        return resp
+
+    @app.post("/api/logout")
+    def logout(request: Request) -> Response:
+        sessions.end(request.cookies.get(SESSION_COOKIE))
+        resp = JSONResponse({"signed_in": False})
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/api/queue")
+    def queue(
+        label: str | None = None,
+        user: str | None = None,
+        reason: str | None = None,
+        q: str | None = None,
+        limit: int = 200,
+    ) -> dict[str, Any]:
+        items = review.review_queue(store, label=label or None, user_id=user or None, reason=reason or None, query=q)
+        return {"items": items[: max(1, min(limit, 1000))], "total": len(items)}
+
+    @app.get("/api/item/{message_id}")
+    def item(message_id: str) -> dict[str, Any]:
+        return review.review_detail(store, message_id)
+
+    @app.post("/api/item/{message_id}/accept")
+    def accept(request: Request, message_id: str) -> dict[str, Any]:
+        return review.accept(store, message_id, request.state.reviewer)
+
+    @app.post("/api/item/{message_id}/label")
+    def label(request: Request, message_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return review.set_label(store, message_id, str(body.get("label", "")), request.state.reviewer)
+
+    @app.post("/api/item/{message_id}/correct")
+    def correct(request: Request, message_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return review.correct(store, message_id, str(body.get("text", "")), request.state.reviewer)
+
+    @app.get("/api/dashboard")
+    def dashboard() -> dict[str, Any]:
+        from afterword.evals.dashboard import dashboard as build
+
+        with cache_lock:
+            hit = cache.get("dashboard")
+            if hit and time.monotonic() - hit[0] < dashboard_ttl_s:
+                return hit[1]  # type: ignore[no-any-return]
+            data = build(store)
+            cache["dashboard"] = (time.monotonic(), data)
+            return data
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    def unknown(rest: str) -> JSONResponse:
+        return error_json(404, f"no such endpoint: /api/{rest}", "not_found")
+
+    return app
+
+
+def serve_ui(store: Store, host: str = "127.0.0.1", port: int = 8765, *, reviewer: str = "local") -> None:
+    """Run the UI with uvicorn (blocking). Off loopback, sign-in is required."""
+    import uvicorn
+
+    app = create_app(store, auth_required=not is_loopback(host), reviewer=reviewer)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
