@@ -34,8 +34,8 @@ _VERDICT = {"satisfied": 1.0, "neutral": 0.0, "dissatisfied": -1.0}
 SCHEMA = {
     "type": "object",
     "properties": {
-        "satisfaction": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
-        "dissatisfaction": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "satisfaction": {"type": "array", "items": {"type": "string", "maxLength": 80}, "maxItems": 3},
+        "dissatisfaction": {"type": "array", "items": {"type": "string", "maxLength": 80}, "maxItems": 3},
         "verdict": {"type": "string", "enum": ["satisfied", "neutral", "dissatisfied"]},
         "confidence": {"type": "number"},
     },
@@ -84,7 +84,7 @@ class LLMJudge:
             out = self.client.chat_json(
                 [{"role": "system", "content": RUBRIC}, {"role": "user", "content": prompt}],
                 schema=SCHEMA,
-                max_tokens=200,
+                max_tokens=320,
             )
         except Exception:
             return None
