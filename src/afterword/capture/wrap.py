@@ -263,7 +263,8 @@ class Wrapped:
 
         self._client = client
         self._ctx = ctx
-        is_async = inspect.iscoroutinefunction(client.chat.completions.create)
+        # The SDK wraps ``create`` in a plain decorator: look through it, or AsyncOpenAI goes undetected.
+        is_async = inspect.iscoroutinefunction(inspect.unwrap(client.chat.completions.create))
         self.chat = _Chat(client.chat, ctx, is_async)
 
     @property
