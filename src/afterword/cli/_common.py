@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from afterword.errors import AfterwordError
+from afterword.store.engine import resolve_url
 from afterword.store.store import Store
 
 __all__ = ["state", "open_store", "emit", "fail", "progress_bar", "parse_date", "console", "JsonOpt", "guard"]
@@ -35,7 +36,8 @@ state = _State()
 
 
 def open_store() -> Store:
-    if state.store is None:
+    # Keyed on the URL: one process may run several commands against different stores (tests, scripts).
+    if state.store is None or state.store.url != resolve_url(state.db):
         state.store = Store(state.db)
     return state.store
 
