@@ -52,6 +52,7 @@ __all__ = [
     "get_index",
     "rebuild_index",
     "tokenize",
+    "stem",
 ]
 
 log = logging.getLogger("afterword.memory")
@@ -147,6 +148,19 @@ _STOP = frozenset(
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens without stop words (the full-text query terms)."""
     return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 1]
+
+
+def stem(word: str) -> str:
+    """A light suffix-stripping stemmer (close to what FTS5's porter does for English), for the in-process BM25."""
+    for suf in ("ations", "ation", "ingly", "ings", "ing", "edly", "ed", "ies", "es", "s", "ly", "ment", "ness"):
+        if word.endswith(suf) and len(word) - len(suf) >= 3:
+            word = word[: -len(suf)]
+            break
+    if word.endswith("i"):
+        word = word[:-1] + "y"
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "ls":
+        word = word[:-1]
+    return word
 
 
 def owner_of(scope: str, user_id: str | None) -> str:
@@ -291,15 +305,17 @@ class BM25:
     owners: list[str] = field(default_factory=list)
     df: Counter[str] = field(default_factory=Counter)
     postings: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    lengths: list[int] = field(default_factory=list)
     total_len: int = 0
 
     def add(self, ident: str, owner: str, text: str) -> None:
-        tf = Counter(tokenize(text))
+        tf = Counter(stem(w) for w in tokenize(text))
         i = len(self.docs)
         self.docs.append(tf)
         self.ids.append(ident)
         self.owners.append(owner)
-        self.total_len += sum(tf.values())
+        self.lengths.append(sum(tf.values()))
+        self.total_len += self.lengths[-1]
         for w in tf:
             self.df[w] += 1
             self.postings[w].append(i)
@@ -309,7 +325,7 @@ class BM25:
         n = max(len(self.docs), 1)
         avg = self.total_len / n or 1.0
         scores: dict[int, float] = defaultdict(float)
-        for w in set(tokenize(query)):
+        for w in {stem(w) for w in tokenize(query)}:
             df = self.df.get(w)
             if not df:
                 continue
@@ -318,7 +334,7 @@ class BM25:
                 if self.owners[i] not in allowed:
                     continue
                 tf = self.docs[i][w]
-                dl = sum(self.docs[i].values())
+                dl = self.lengths[i]
                 scores[i] += idf * tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * dl / avg))
         best = sorted(scores.items(), key=lambda x: -x[1])[:k]
         return [(self.ids[i], s) for i, s in best]

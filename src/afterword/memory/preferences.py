@@ -86,7 +86,7 @@ def _clean(s: str) -> str:
 def _rules(text: str) -> list[tuple[str, str | None, str]]:
     """(kind, fixed key or None for slot lookup, memory text) from one user message."""
     out: list[tuple[str, str | None, str]] = []
-    for m in re.finditer(r"\bmy name is ([A-Z][\w'-]+(?: [A-Z][\w'-]+)?)", text):
+    for m in re.finditer(r"\b[Mm]y name is ([A-Z][\w'-]+(?: [A-Z][\w'-]+)?)", text):
         out.append(("fact", "name", f"The user's name is {m.group(1)}."))
     for m in re.finditer(r"\bI(?: am|'m)? (?:live|living|based) in ([A-Z][\w .'-]{1,40}?)" + _END, text):
         out.append(("fact", "location", f"The user lives in {_clean(m.group(1))}."))
@@ -100,7 +100,7 @@ def _rules(text: str) -> list[tuple[str, str | None, str]]:
     ):
         tool = m.group(1)
         out.append(("fact", f"version:{tool.lower()}", f"The user is on {tool} {m.group(2)}."))
-    for m in re.finditer(r"\bmy ([a-z][a-z ]{1,30}?) is ([^.!?;\n]{1,60}?)" + _END, text):
+    for m in re.finditer(r"\b[Mm]y ([a-z][a-z ]{1,30}?) is ([^.!?;\n]{1,60}?)" + _END, text):
         slot = m.group(1).strip()
         if slot == "name" or slot.split()[-1] in _MY_SKIP:
             continue

@@ -1,0 +1,48 @@
+"""LoCoMo evidence retrieval: recall@1/5/10 and latency, hybrid vs BM25-only vs dense-only.
+
+python bench/locomo.py /work/shared/data/locomo/locomo_dev7.json [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from afterword.memory.bench import run_locomo_bench
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", type=Path, help="A LoCoMo JSON file (list of samples).")
+    ap.add_argument("--samples", type=int, default=None, help="Only the first N samples.")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "locomo.json")
+    ap.add_argument("--json", action="store_true", help="Print the result as one JSON line.")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    res = run_locomo_bench(args.path, limit_samples=args.samples)
+    res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    res["command"] = " ".join(["python", *sys.argv])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(f"LoCoMo evidence retrieval: {res['samples']} samples, {res['turns']} turns, {res['questions']} questions")
+    rows = [("hybrid (afterword)", res)] + [(f"{k}-only", v) for k, v in res["baselines"].items()]
+    print(f"{'method':22s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'p50 ms':>8s} {'p95 ms':>8s}")
+    for name, r in rows:
+        print(
+            f"{name:22s} {r['recall_at_1']:6.3f} {r['recall_at_5']:6.3f} {r['recall_at_10']:6.3f} "
+            f"{r['p50_ms']:8.1f} {r['p95_ms']:8.1f}"
+        )
+    print("recall@5 by category (hybrid):")
+    for c, v in res["by_category"].items():
+        print(f"  {c:12s} n={v['n']:4d}  R@5={v['recall_at_5']:.3f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
