@@ -64,7 +64,17 @@ def test_reimport_is_idempotent(any_store: Store) -> None:
 def test_same_conversation_twice_in_one_batch(any_store: Store) -> None:
     counts = any_store.import_conversations([COOKING, COOKING])
     assert counts.conversations == 1 and counts.conversations_present == 1
+    assert (counts.messages, counts.messages_present) == (4, 4)
     assert any_store.stats()["messages"] == 4
+
+
+def test_growing_history_in_one_batch_keeps_every_turn(any_store: Store) -> None:
+    """A log with one line per call carries the growing history under one session id."""
+    turns = ["q1", "a1", "q2", "a2", "q3", "a3"]
+    calls = [conv("u", "s-1", *turns[:n]) for n in (2, 4, 6)]
+    counts = any_store.import_conversations(calls)
+    assert (counts.conversations, counts.messages, counts.messages_present) == (1, 6, 6)
+    assert [m.content for m in any_store.get_conversation("s-1").messages] == turns
 
 
 @pytest.mark.parametrize("session", ["s-42", None])

@@ -262,21 +262,25 @@ class Store:
         fb_rows: dict[str, dict[str, Any]] = {}
         user_ids: set[str] = set()
         mid_for = message_id_for
+        seen: set[str] = set()  # message ids in this batch
+        repeated = 0
         for conv in convs:
             cid = conversation_id_for(conv)
-            if cid in conv_rows:  # the same conversation twice in one batch
-                counts.conversations_present += 1
-                continue
             uid = conv.user_id
-            started = conv.started_utc or next((m.created_utc for m in conv.messages if m.created_utc), None)
-            conv_rows[cid] = (
-                cid,
-                uid,
-                conv.source or default_source,
-                conv.external_id,
-                ts(started),
-                js(conv.metadata) if conv.metadata else None,
-            )
+            if cid in conv_rows:
+                # The same conversation again in one batch, e.g. a log line per call with the growing
+                # history: keep the first row, and below add only the messages not seen yet.
+                counts.conversations_present += 1
+            else:
+                started = conv.started_utc or next((m.created_utc for m in conv.messages if m.created_utc), None)
+                conv_rows[cid] = (
+                    cid,
+                    uid,
+                    conv.source or default_source,
+                    conv.external_id,
+                    ts(started),
+                    js(conv.metadata) if conv.metadata else None,
+                )
             if uid:
                 user_ids.add(uid)
             parent: str | None = None
@@ -284,6 +288,11 @@ class Store:
             for seq, m in enumerate(conv.messages):
                 mid = m.id or mid_for(cid, parent, m)
                 ids.append(mid)
+                if mid in seen:
+                    repeated += 1
+                    parent = mid
+                    continue
+                seen.add(mid)
                 msg_rows.append(
                     (
                         mid,
@@ -320,7 +329,7 @@ class Store:
                 present = self._existing(conn, t.messages, [r[0] for r in msg_rows if r[1] in existing])
                 new_msgs = [r for r in msg_rows if r[0] not in present]
             counts.messages = len(new_msgs)
-            counts.messages_present = len(msg_rows) - len(new_msgs)
+            counts.messages_present = len(msg_rows) - len(new_msgs) + repeated
             present_fb = self._existing(conn, t.feedback, list(fb_rows)) if fb_rows else set()
             counts.feedback = len(fb_rows) - len(present_fb)
             _bulk_insert_ignore(
@@ -392,7 +401,7 @@ class Store:
                 present_msgs = self._existing(conn, t.messages, [r["id"] for r in msg_rows])
             new_msgs = [r for r in msg_rows if r["id"] not in present_msgs]
             counts.messages = len(new_msgs)
-            counts.messages_present = len(msg_rows) - len(new_msgs)
+            counts.messages_present = len(msg_rows) - len(new_msgs) + repeated
             present_fb = self._existing(conn, t.feedback, list(fb_rows)) if fb_rows else set()
             counts.feedback = len(fb_rows) - len(present_fb)
             _bulk_insert_ignore(
