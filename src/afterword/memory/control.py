@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from afterword.embed import get_embedder
@@ -46,9 +47,9 @@ def memory_id_for(m: Memory) -> str:
 
 
 def embed_text(m: Memory | dict[str, Any]) -> str:
-    """What is embedded for retrieval: a lesson's situation, else its text."""
+    """What is embedded for retrieval: the situation (the trigger) when there is one, else the text."""
     get = m.get if isinstance(m, dict) else lambda k: getattr(m, k)
-    return str((get("situation") if get("kind") == "lesson" else None) or get("text") or "")
+    return str(get("situation") or get("text") or "")
 
 
 def _row(m: Memory, now: Any) -> dict[str, Any]:
@@ -101,8 +102,10 @@ def to_memory(r: Any) -> Memory:
     )
 
 
-def add_memories(store: Store, memories: Sequence[Memory], *, index: str = "auto") -> list[str]:
-    """Write memories (embedding them); returns their ids in order.
+def add_memories(
+    store: Store, memories: Sequence[Memory], *, index: str = "auto", vectors: np.ndarray | None = None
+) -> list[str]:
+    """Write memories (embedding them, unless ``vectors`` are given); returns their ids in order.
 
     A memory already present keeps its statistics and pin. A preference or
     fact supersedes the active memory holding the same key for the same user.
@@ -111,7 +114,7 @@ def add_memories(store: Store, memories: Sequence[Memory], *, index: str = "auto
         return []
     now = utcnow()
     rows = [_row(m, now) for m in memories]
-    vecs = get_embedder().encode([embed_text(r) for r in rows])
+    vecs = vectors if vectors is not None else get_embedder().encode([embed_text(r) for r in rows])
     for r, v in zip(rows, vecs, strict=True):
         r["embedding"] = to_blob(v)
     idx = get_index(store, index)

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import threading
+import time
 import weakref
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -60,88 +61,10 @@ log = logging.getLogger("afterword.memory")
 GLOBAL_OWNER = "*"
 
 _STOP = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "he",
-        "her",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "me",
-        "my",
-        "of",
-        "on",
-        "or",
-        "our",
-        "she",
-        "so",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "up",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "yours",
-        "can",
-        "could",
-        "should",
-        "about",
-        "after",
-        "before",
-        "just",
-        "also",
-        "not",
-        "no",
-        "yes",
-        "been",
-        "being",
-        "am",
-        "any",
-        "some",
-    ]
+    "a an and are as at be but by did do does for from had has have he her his how i if in into is it its me my "  # noqa: SIM905
+    "of on or our she so than that the their them then there these they this to up was we were what when where "
+    "which who whom why will with would you your yours can could should about after before just also not no yes "
+    "been being am any some".split()
 )
 
 
@@ -228,10 +151,10 @@ class NumpyIndex:
     def _train(self, rows: list[int]) -> None:
         rng = np.random.default_rng(self.seed)
         n = len(rows)
-        nlist = self.nlist or max(16, int(4 * math.sqrt(n)))
-        sample = self.vecs[rng.choice(rows, size=min(n, nlist * 40), replace=False)]
+        nlist = self.nlist or max(16, int(2 * math.sqrt(n)))
+        sample = self.vecs[rng.choice(rows, size=min(n, nlist * 20), replace=False)]
         cent = sample[rng.choice(len(sample), size=nlist, replace=False)].copy()
-        for _ in range(8):  # spherical k-means: a few rounds are plenty for a coarse quantiser
+        for _ in range(6):  # spherical k-means: a few rounds are plenty for a coarse quantiser
             assign = np.argmax(sample @ cent.T, axis=1)
             sums = np.zeros_like(cent)
             np.add.at(sums, assign, sample)
@@ -357,7 +280,16 @@ def _load_sqlite_vec(dbapi_conn: Any) -> None:
 
 
 class MemoryIndex:
-    """The vector and full-text index of one store's memories (see the module docstring)."""
+    """The vector and full-text index of one store's memories (see the module docstring).
+
+    ``kind`` is the vector backend (``sqlite-vec``, ``pgvector`` or ``numpy``) and
+    ``lexical_kind`` the full-text one (``fts5`` on SQLite, ``tsvector`` on
+    PostgreSQL, in-process ``bm25`` otherwise); they are chosen independently,
+    so ``index="numpy"`` on SQLite still ranks full text with FTS5.
+    """
+
+    #: How often (seconds) the numpy backend checks the table for writes by other processes.
+    recheck_s = 5.0
 
     def __init__(self, store: Store, kind: str = "auto") -> None:
         self.store = store
@@ -365,7 +297,9 @@ class MemoryIndex:
         self._np: NumpyIndex | None = None
         self._bm25: BM25 | None = None
         self._np_sig: tuple[Any, ...] | None = None
+        self._checked_at = 0.0
         self.kind = self._open(kind)
+        self.lexical_kind = self._open_lexical()
 
     def _open(self, kind: str) -> str:
         if kind in ("auto", "sqlite-vec") and self.store.is_sqlite:
@@ -386,6 +320,24 @@ class MemoryIndex:
                 log.info("pgvector unavailable (%s); using the numpy index", exc)
         return "numpy"
 
+    def _open_lexical(self) -> str:
+        try:
+            with self.store.write() as conn:
+                if self.store.is_sqlite:
+                    conn.exec_driver_sql(
+                        "CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5("
+                        "body, memory_id UNINDEXED, owner UNINDEXED, tokenize='porter unicode61')"
+                    )
+                    return "fts5"
+                conn.exec_driver_sql(
+                    "CREATE INDEX IF NOT EXISTS ix_memories_body_fts ON memories USING gin "
+                    "(to_tsvector('english', coalesce(situation, '') || ' ' || text))"
+                )
+                return "tsvector"
+        except Exception as exc:
+            log.info("no full-text index in the database (%s); using in-process BM25", exc)
+            return "bm25"
+
     def _setup_sqlite_vec(self) -> None:
         engine = self.store.engine
         if not getattr(engine, "_afterword_vec", False):
@@ -397,10 +349,6 @@ class MemoryIndex:
                 "CREATE VIRTUAL TABLE IF NOT EXISTS memory_vec USING vec0("
                 f"memory_id text primary key, owner text partition key, embedding float[{EMBED_DIM}] "
                 "distance_metric=cosine)"
-            )
-            conn.exec_driver_sql(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5("
-                "body, memory_id UNINDEXED, owner UNINDEXED, tokenize='porter unicode61')"
             )
 
     def _setup_pgvector(self) -> None:
@@ -415,10 +363,6 @@ class MemoryIndex:
                 "CREATE INDEX IF NOT EXISTS ix_memory_vectors_hnsw ON memory_vectors "
                 "USING hnsw (embedding vector_cosine_ops)"
             )
-            conn.exec_driver_sql(
-                "CREATE INDEX IF NOT EXISTS ix_memories_body_fts ON memories USING gin "
-                "(to_tsvector('english', coalesce(situation, '') || ' ' || text))"
-            )
 
     # -- writes (inside the caller's transaction) --------------------------------------
 
@@ -426,24 +370,34 @@ class MemoryIndex:
         """Index memory rows (dicts of the ``memories`` table); inactive ones are removed instead."""
         live = [r for r in rows if r.get("active", True) and r.get("embedding")]
         self.remove(conn, [r["id"] for r in rows])
-        if self.kind == "sqlite-vec" and live:
+        if not live:
+            return
+        owners = [owner_of(r["scope"], r["user_id"]) for r in live]
+        if self.kind == "sqlite-vec":
             conn.exec_driver_sql(
                 "INSERT INTO memory_vec(memory_id, owner, embedding) VALUES (?, ?, ?)",
-                [(r["id"], owner_of(r["scope"], r["user_id"]), r["embedding"]) for r in live],
+                [(r["id"], o, r["embedding"]) for r, o in zip(live, owners, strict=True)],
             )
-            conn.exec_driver_sql(
-                "INSERT INTO memory_fts(body, memory_id, owner) VALUES (?, ?, ?)",
-                [(_body(r), r["id"], owner_of(r["scope"], r["user_id"])) for r in live],
-            )
-        elif self.kind == "pgvector" and live:
+        elif self.kind == "pgvector":
             conn.execute(
                 sa.text("INSERT INTO memory_vectors(memory_id, owner, embedding) VALUES (:i, :o, CAST(:e AS vector))"),
                 [
-                    {"i": r["id"], "o": owner_of(r["scope"], r["user_id"]), "e": _pg_vec(from_blob(r["embedding"]))}
-                    for r in live
+                    {"i": r["id"], "o": o, "e": _pg_vec(from_blob(r["embedding"]))}
+                    for r, o in zip(live, owners, strict=True)
                 ],
             )
-        self._np_sig = None
+        if self.lexical_kind == "fts5":
+            conn.exec_driver_sql(
+                "INSERT INTO memory_fts(body, memory_id, owner) VALUES (?, ?, ?)",
+                [(_body(r), r["id"], o) for r, o in zip(live, owners, strict=True)],
+            )
+        with self._lock:
+            if self._np is not None:  # keep the in-process structures current without a rebuild
+                self._np.add([r["id"] for r in live], owners, np.stack([from_blob(r["embedding"]) for r in live]))
+            if self._bm25 is not None:
+                for r, o in zip(live, owners, strict=True):
+                    self._bm25.add(r["id"], o, _body(r))
+            self._checked_at = 0.0
 
     def remove(self, conn: sa.Connection, ids: Sequence[str]) -> None:
         ids = list(ids)
@@ -452,18 +406,26 @@ class MemoryIndex:
             marks = ",".join("?" * len(chunk))
             if self.kind == "sqlite-vec":
                 conn.exec_driver_sql(f"DELETE FROM memory_vec WHERE memory_id IN ({marks})", tuple(chunk))
-                conn.exec_driver_sql(f"DELETE FROM memory_fts WHERE memory_id IN ({marks})", tuple(chunk))
             elif self.kind == "pgvector":
                 conn.execute(sa.text("DELETE FROM memory_vectors WHERE memory_id = ANY(:ids)"), {"ids": chunk})
-        self._np_sig = None
+            if self.lexical_kind == "fts5":
+                conn.exec_driver_sql(f"DELETE FROM memory_fts WHERE memory_id IN ({marks})", tuple(chunk))
+        with self._lock:
+            if self._np is not None:
+                self._np.remove(ids)
+            if self._bm25 is not None:
+                self._bm25 = None  # rebuilt on next use (removal is rare)
+            self._checked_at = 0.0
 
     def clear(self, conn: sa.Connection) -> None:
         if self.kind == "sqlite-vec":
             conn.exec_driver_sql("DELETE FROM memory_vec")
-            conn.exec_driver_sql("DELETE FROM memory_fts")
         elif self.kind == "pgvector":
             conn.exec_driver_sql("DELETE FROM memory_vectors")
-        self._np_sig = None
+        if self.lexical_kind == "fts5":
+            conn.exec_driver_sql("DELETE FROM memory_fts")
+        with self._lock:
+            self._np = self._bm25 = None
 
     # -- searches ---------------------------------------------------------------------
 
@@ -490,14 +452,13 @@ class MemoryIndex:
                     {"q": _pg_vec(query), "o": list(owners), "k": k},
                 ).all()
             return [(r[0], float(r[1])) for r in rows]
-        np_index, _ = self._numpy()
-        return np_index.search(query, owners, k)
+        return self._numpy().search(query, owners, k)
 
     def lexical(self, query: str, owners: Sequence[str], k: int) -> list[tuple[str, float]]:
         """The ``k`` best full-text matches as (id, BM25-like score > 0), best first."""
         if not tokenize(query):
             return []
-        if self.kind == "sqlite-vec":
+        if self.lexical_kind == "fts5":
             marks = ",".join("?" * len(owners))
             with self.store.read() as conn:
                 rows = conn.exec_driver_sql(
@@ -506,7 +467,7 @@ class MemoryIndex:
                     (_fts_match(query), *owners, k),
                 ).all()
             return [(r[0], -float(r[1])) for r in rows]
-        if self.kind == "pgvector":
+        if self.lexical_kind == "tsvector":
             m = t.memories
             body = sa.func.coalesce(m.c.situation, "") + " " + m.c.text
             tsq = sa.func.to_tsquery("english", " | ".join(dict.fromkeys(tokenize(query))))
@@ -520,33 +481,58 @@ class MemoryIndex:
             )
             with self.store.read() as conn:
                 return [(r[0], float(r[1])) for r in conn.execute(q)]
-        _, bm = self._numpy()
-        return bm.search(query, owners, k)
+        return self._bm25_index().search(query, owners, k)
 
-    def _numpy(self) -> tuple[NumpyIndex, BM25]:
+    # -- in-process backends ---------------------------------------------------------------
+
+    def _signature(self) -> tuple[Any, ...]:
         m = t.memories
         with self.store.read() as conn:
-            sig = tuple(
+            return tuple(
                 conn.execute(sa.select(sa.func.count(), sa.func.max(m.c.updated_utc)).where(m.c.active.is_(True))).one()
             )
+
+    def _fresh(self) -> bool:
+        """False when another process may have written memories since the in-process index was built."""
+        now = time.monotonic()
+        if now - self._checked_at < self.recheck_s:
+            return True
+        sig = self._signature()
+        self._checked_at = now
+        if sig == self._np_sig:
+            return True
+        self._np_sig = sig
+        return False
+
+    def _rows(self) -> list[Any]:
+        m = t.memories
+        with self.store.read() as conn:
+            return conn.execute(
+                sa.select(m.c.id, m.c.scope, m.c.user_id, m.c.embedding, m.c.situation, m.c.text).where(
+                    m.c.active.is_(True), m.c.embedding.is_not(None)
+                )
+            ).all()
+
+    def _numpy(self) -> NumpyIndex:
         with self._lock:
-            if self._np is None or sig != self._np_sig:
-                with self.store.read() as conn:
-                    rows = conn.execute(
-                        sa.select(m.c.id, m.c.scope, m.c.user_id, m.c.embedding, m.c.situation, m.c.text).where(
-                            m.c.active.is_(True), m.c.embedding.is_not(None)
-                        )
-                    ).all()
-                owners = [owner_of(r.scope, r.user_id) for r in rows]
+            if self._np is None or not self._fresh():
+                rows = self._rows()
                 vecs = np.stack([from_blob(r.embedding) for r in rows]) if rows else np.zeros((0, EMBED_DIM))
-                self._np = NumpyIndex().build([r.id for r in rows], owners, vecs)
+                self._np = NumpyIndex().build([r.id for r in rows], [owner_of(r.scope, r.user_id) for r in rows], vecs)
+                self._bm25 = None
+                self._np_sig, self._checked_at = self._signature(), time.monotonic()
+            return self._np
+
+    def _bm25_index(self) -> BM25:
+        with self._lock:
+            if self._bm25 is None or not self._fresh():
                 bm = BM25()
-                for r, o in zip(rows, owners, strict=True):
-                    bm.add(r.id, o, _body(r._mapping))
+                for r in self._rows():
+                    bm.add(r.id, owner_of(r.scope, r.user_id), _body(r._mapping))
                 self._bm25 = bm
-                self._np_sig = sig
-            assert self._bm25 is not None
-            return self._np, self._bm25
+                self._np = None
+                self._np_sig, self._checked_at = self._signature(), time.monotonic()
+            return self._bm25
 
 
 def _body(r: Any) -> str:

@@ -128,7 +128,9 @@ def distill_rule(llm: LLMClient, lesson: Memory) -> str | None:
         f"Correct answer / user's correction: {shorten(lesson.right, 300) or '(not given; the user was unhappy)'}"
     )
     try:
-        obj = llm.chat_json([{"role": "system", "content": _DISTILL}, {"role": "user", "content": prompt}])
+        obj = llm.chat_json(
+            [{"role": "system", "content": _DISTILL}, {"role": "user", "content": prompt}], max_tokens=96
+        )
     except Exception as exc:  # a weak or absent model must not stop the build
         log.info("lesson distillation failed: %s", exc)
         return None

@@ -156,7 +156,9 @@ _LLM_PROMPT = (
 def extract_with_llm(llm: LLMClient, mid: str | None, text: str) -> list[Statement] | None:
     """The LLM's statements for one message; None when its reply is unusable (fall back to rules)."""
     try:
-        obj = llm.chat_json([{"role": "system", "content": _LLM_PROMPT}, {"role": "user", "content": text[:1500]}])
+        obj = llm.chat_json(
+            [{"role": "system", "content": _LLM_PROMPT}, {"role": "user", "content": text[:1500]}], max_tokens=200
+        )
     except Exception as exc:
         log.info("preference extraction by LLM failed: %s", exc)
         return None

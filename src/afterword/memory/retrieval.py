@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import sqlalchemy as sa
@@ -107,7 +107,7 @@ def retrieve(
     l_rank = {i: r for r, (i, _) in enumerate(lex)}
     l_raw = dict(lex)
     now = utcnow()
-    out: list[ScoredMemory] = []
+    scored: list[tuple[float, float, float, float, Any]] = []
     allowed = set(owners)
     for mid in ids:
         r = rows.get(mid)
@@ -134,7 +134,10 @@ def retrieve(
             base += cfg.recency_weight * math.exp(-age_days * math.log(2) / cfg.recency_half_life_days)
             base += cfg.usefulness_weight * float(r.usefulness or 0.0)
             base += cfg.pinned_bonus if r.pinned else 0.0
+        scored.append((base, relevance, cos, lsat, r))
+    scored.sort(key=lambda x: -x[0])
+    out = []
+    for base, relevance, cos, lsat, r in scored[:k]:
         mem = to_memory(r)
         out.append(ScoredMemory(mem, base, relevance, cos, lsat, count_tokens(mem.text)))
-    out.sort(key=lambda s: -s.score)
-    return out[:k]
+    return out

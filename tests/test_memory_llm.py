@@ -1,0 +1,102 @@
+"""The memory layer with the real local model: distillation, extraction, and wrap(memory=True) end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from afterword.memory import MemoryConfig, build_memories, list_memories
+from afterword.memory.lessons import distill_rule, lesson_from_correction
+from afterword.memory.preferences import extract_with_llm
+from afterword.records import Conversation, Feedback, Message
+
+pytestmark = pytest.mark.llm
+
+
+def _corrected(store):
+    conv = store.add_conversation(
+        Conversation(
+            user_id="u1",
+            external_id="s1",
+            messages=[
+                Message(role="user", content="What is the capital of Australia?"),
+                Message(role="assistant", content="Sydney."),
+            ],
+        )
+    )
+    store.add_feedback(Feedback(kind="correction", message_id=conv.messages[1].id, correction="Canberra"))
+    return conv
+
+
+def test_distill_with_local_model(store, llm):
+    conv = _corrected(store)
+    lesson = lesson_from_correction(store.get_conversation(conv.id), conv.messages[1].id, "Canberra")
+    assert lesson is not None
+    rule = distill_rule(llm.client(), lesson)
+    # A 135M model may or may not produce a usable rule; what comes back is either None or a validated rule.
+    assert rule is None or 8 <= len(rule) <= 300
+    res = build_memories(store, MemoryConfig(), llm.client())
+    assert res["llm"] is True and res["lessons_new"] == 1
+    (mem,) = list_memories(store, kind="lesson")
+    # The structure is kept whatever the model said; the text is the rule when one was usable.
+    assert mem.right == "Canberra" and mem.situation == "What is the capital of Australia?"
+    assert mem.text.strip()
+    assert bool(mem.metadata.get("distilled")) == (res["lessons_distilled"] == 1)
+
+
+def test_llm_extraction_is_validated(llm):
+    out = extract_with_llm(llm.client(), "m1", "I'm on Python 3.9 and I prefer metric units.")
+    assert out is None or all(s.kind in ("preference", "fact") and s.key.startswith("llm:") for s in out)
+
+
+def test_wrap_with_memory_end_to_end(store, llm):
+    import openai
+
+    from afterword import wrap
+
+    _corrected(store)
+    build_memories(store)
+    client = wrap(openai.OpenAI(base_url=llm.base_url, api_key="none"), store=store, memory=True, user_id="u1")
+    injector = client._ctx.memory
+    resp = client.chat.completions.create(
+        model=llm.model,
+        messages=[
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Which city is the capital of Australia?"},
+        ],
+        max_tokens=16,
+    )
+    client.flush()
+    mid = resp.afterword_message_id
+    assert mid and resp.choices[0].message.content is not None
+    # The log keeps the app's messages (no memory block), and the injection is logged against the reply.
+    msg, cid = store.get_message(mid)
+    conv = store.get_conversation(cid)
+    assert "afterword-memory" not in conv.messages[0].content
+    import sqlalchemy as sa
+
+    from afterword.store import schema as t
+
+    with store.read() as conn:
+        rows = conn.execute(sa.select(t.memory_injections).where(t.memory_injections.c.message_id == mid)).all()
+    (lesson,) = list_memories(store, kind="lesson")
+    assert [r.memory_id for r in rows] == [lesson.id]
+    assert rows[0].tokens > 0
+    assert injector.inject([{"role": "user", "content": "Tell me a joke about cats."}], "u1").items == []
+
+    # Streaming goes through the same injection.
+    stream = client.chat.completions.create(
+        model=llm.model,
+        messages=[{"role": "user", "content": "What's the capital city of Australia?"}],
+        max_tokens=8,
+        stream=True,
+    )
+    text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+    client.flush()
+    assert isinstance(text, str) and stream.afterword_message_id
+    with store.read() as conn:
+        n = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t.memory_injections)
+            .where(t.memory_injections.c.message_id == stream.afterword_message_id)
+        ).scalar()
+    assert n == 1
