@@ -1,0 +1,106 @@
+"""The learned head: a small numpy network over :mod:`afterword.judge.features`.
+
+The shipped asset is a plain ``.npz`` of float arrays plus one JSON string of
+metadata (feature layout, training provenance, metrics). It is loaded with
+``allow_pickle=False``, so opening a model file can never run code, and
+prediction needs numpy only: scikit-learn is used to *train* the head
+(``scripts/train_judge.py``) but not to run it.
+
+The network is ``standardise -> [dense + relu]* -> dense -> softmax`` over
+three classes (0 dissatisfied, 1 neutral, 2 satisfied). ``class_bias`` is a
+log-prior adjustment added to the logits, tuned after training for
+unweighted average recall, so a rare class is not drowned by a common one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["HeadModel", "default_model_path", "load_default", "CLASSES"]
+
+CLASSES = ("dissatisfied", "neutral", "satisfied")
+_ASSET = "hindsight_head.npz"
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("afterword.judge") / "assets" / _ASSET))
+
+
+@dataclass
+class HeadModel:
+    """Weights of the head. ``layers`` is a list of (W, b) with W of shape (in, out)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    class_bias: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.float32))
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unversioned"))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.mean.shape[0])
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        h = (np.asarray(X, dtype=np.float32) - self.mean) / self.scale
+        for i, (W, b) in enumerate(self.layers):
+            h = h @ W + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        return h + self.class_bias
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, 3), after the prior adjustment."""
+        z = self.logits(X)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.logits(X).argmax(axis=1)
+
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "mean": self.mean.astype(np.float32),
+            "scale": self.scale.astype(np.float32),
+            "class_bias": np.asarray(self.class_bias, dtype=np.float32),
+            "metadata_json": np.asarray(json.dumps(self.metadata, sort_keys=True)),
+        }
+        for i, (W, b) in enumerate(self.layers):
+            arrays[f"W{i}"] = W.astype(np.float32)
+            arrays[f"b{i}"] = b.astype(np.float32)
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadModel:
+        with np.load(path, allow_pickle=False) as z:
+            n = sum(1 for k in z.files if k.startswith("W"))
+            layers = [(z[f"W{i}"], z[f"b{i}"]) for i in range(n)]
+            return cls(
+                mean=z["mean"],
+                scale=z["scale"],
+                layers=layers,
+                class_bias=z["class_bias"],
+                metadata=json.loads(str(z["metadata_json"])),
+            )
+
+
+_default: HeadModel | None = None
+
+
+def load_default() -> HeadModel:
+    """The head shipped in ``afterword/judge/assets`` (loaded once)."""
+    global _default
+    if _default is None:
+        _default = HeadModel.load(default_model_path())
+    return _default
