@@ -38,15 +38,35 @@ def _conv(user, session, day, turns, feedback=None):
 @pytest.fixture
 def judged_store(store, tmp_path):
     recs = [
-        _conv("ana", "a1", 0, [("user", "How many km is 10 miles?"), ("assistant", "10 miles is 12 km."),
-                               ("user", "That's wrong, it's 16.09 km."), ("assistant", "Right: 16.09 km."),
-                               ("user", "thanks!")],
-              feedback=[{"message_index": 1, "correction": "10 miles is 16.09 km"}]),
-        _conv("ana", "a2", 2, [("user", "How do I reverse a list in Python?"),
-                               ("assistant", "Use my_list.reverse() or my_list[::-1]."),
-                               ("user", "Perfect, that worked, thank you!")]),
-        _conv("bob", "b1", 1, [("user", "My build fails with error E42"),
-                               ("assistant", "Try clearing the cache with make clean.")]),
+        _conv(
+            "ana",
+            "a1",
+            0,
+            [
+                ("user", "How many km is 10 miles?"),
+                ("assistant", "10 miles is 12 km."),
+                ("user", "That's wrong, it's 16.09 km."),
+                ("assistant", "Right: 16.09 km."),
+                ("user", "thanks!"),
+            ],
+            feedback=[{"message_index": 1, "correction": "10 miles is 16.09 km"}],
+        ),
+        _conv(
+            "ana",
+            "a2",
+            2,
+            [
+                ("user", "How do I reverse a list in Python?"),
+                ("assistant", "Use my_list.reverse() or my_list[::-1]."),
+                ("user", "Perfect, that worked, thank you!"),
+            ],
+        ),
+        _conv(
+            "bob",
+            "b1",
+            1,
+            [("user", "My build fails with error E42"), ("assistant", "Try clearing the cache with make clean.")],
+        ),
     ]
     run_import(store, _write(tmp_path / "a.jsonl", recs))
     return store
@@ -92,8 +112,15 @@ def test_late_feedback_triggers_rejudging(judged_store):
 def test_a_later_conversation_of_the_same_user_reopens_the_earlier_one(judged_store, tmp_path):
     judge_store(judged_store)
     assert pending_conversations(judged_store) == []
-    later = _conv("bob", "b2", 3, [("user", "The build still fails with E42 after make clean, it did not work"),
-                                   ("assistant", "Then reinstall the toolchain.")])
+    later = _conv(
+        "bob",
+        "b2",
+        3,
+        [
+            ("user", "The build still fails with E42 after make clean, it did not work"),
+            ("assistant", "Then reinstall the toolchain."),
+        ],
+    )
     run_import(judged_store, _write(tmp_path / "b.jsonl", [later]))
     b1 = judged_store.get_conversation("b1")
     b2 = judged_store.get_conversation("b2")
@@ -107,11 +134,14 @@ def test_a_later_conversation_of_the_same_user_reopens_the_earlier_one(judged_st
 
 
 def test_resumes_after_a_partial_run(judged_store):
-    judge_store(judged_store, limit=1, batch_size=1)
-    assert len(pending_conversations(judged_store)) == 2
+    first = judge_store(judged_store, limit=1, batch_size=1)
+    assert first["conversations"] == 1 and len(_judgment_rows(judged_store)) == 2
+    # The earlier session of a user is queued again while a later one of theirs is pending.
+    assert len(pending_conversations(judged_store)) == 3
     judge_store(judged_store, batch_size=1)
     rows = _judgment_rows(judged_store)
     assert len(rows) == len(set(rows)) == 4
+    assert pending_conversations(judged_store) == []
 
 
 def test_explain_shows_the_evidence_messages(judged_store):
@@ -125,10 +155,22 @@ def test_explain_shows_the_evidence_messages(judged_store):
 
 
 def test_combine_keeps_explicit_and_averages_otherwise():
-    base = Judgment(message_id="m", source="hindsight-model", label="satisfied", score=0.8, confidence=0.9,
-                    evidence=[Evidence(signal="gratitude", weight=0.8)])
-    llm = Judgment(message_id="m", source="llm-judge", label="dissatisfied", score=-0.8, confidence=0.3,
-                   evidence=[Evidence(signal="llm_dissatisfaction", weight=-1)])
+    base = Judgment(
+        message_id="m",
+        source="hindsight-model",
+        label="satisfied",
+        score=0.8,
+        confidence=0.9,
+        evidence=[Evidence(signal="gratitude", weight=0.8)],
+    )
+    llm = Judgment(
+        message_id="m",
+        source="llm-judge",
+        label="dissatisfied",
+        score=-0.8,
+        confidence=0.3,
+        evidence=[Evidence(signal="llm_dissatisfaction", weight=-1)],
+    )
     c = combine(base, llm)
     assert c.source == "combined" and 0 < c.score < 0.8 and len(c.evidence) == 2
     explicit = base.model_copy(update={"evidence": [Evidence(signal="explicit_thumbs", weight=1)]})
@@ -141,13 +183,19 @@ def test_calibrate_reports_cv_before_replacing(store):
     for i in range(30):
         good = i % 2 == 0
         reaction = "great, thanks, that solved it" if good else "no, this is useless and wrong"
-        convs.append(Conversation(
-            user_id=f"u{i % 5}", external_id=f"s{i}", started_utc=T0 + timedelta(hours=i),
-            messages=[Message(role="user", content=f"question number {i} about invoices"),
-                      Message(role="assistant", content=f"answer {i}"),
-                      Message(role="user", content=reaction)],
-            feedback=[Feedback(kind="thumbs", thumbs=1 if good else -1, message_index=1)],
-        ))
+        convs.append(
+            Conversation(
+                user_id=f"u{i % 5}",
+                external_id=f"s{i}",
+                started_utc=T0 + timedelta(hours=i),
+                messages=[
+                    Message(role="user", content=f"question number {i} about invoices"),
+                    Message(role="assistant", content=f"answer {i}"),
+                    Message(role="user", content=reaction),
+                ],
+                feedback=[Feedback(kind="thumbs", thumbs=1 if good else -1, message_index=1)],
+            )
+        )
     store.import_conversations(convs)
     rep = calibrate(store, dry_run=True)
     assert rep["n"] == 30 and rep["label_counts"]["satisfied"] == 15
@@ -160,11 +208,14 @@ def test_calibrate_reports_cv_before_replacing(store):
 @pytest.mark.llm
 def test_llm_judge_against_the_real_local_model(llm):
     judge = LLMJudge(llm.client(timeout_s=300))
-    conv = Conversation(id="c", messages=[
-        Message(id="1", role="user", content="How many km is 10 miles?"),
-        Message(id="2", role="assistant", content="10 miles is 12 km."),
-        Message(id="3", role="user", content="That's wrong. It is 16 km."),
-    ])
+    conv = Conversation(
+        id="c",
+        messages=[
+            Message(id="1", role="user", content="How many km is 10 miles?"),
+            Message(id="2", role="assistant", content="10 miles is 12 km."),
+            Message(id="3", role="user", content="That's wrong. It is 16 km."),
+        ],
+    )
     j = judge.judge_message(conv, "2")
     assert j is not None, "the grammar-constrained reply should always parse"
     assert j.source == "llm-judge" and -1 <= j.score <= 1 and 0 <= j.confidence <= 1
