@@ -55,8 +55,9 @@ class Strategy:
     styles: list[str] = field(default_factory=lambda: ["short and direct", "with a little real-world context"])
     difficulties: list[str] = field(default_factory=lambda: ["easier", "about as hard", "harder"])
     temperatures: list[float] = field(default_factory=lambda: [0.7, 0.9, 1.1])
-    live_dedup: float | None = 0.92  # reject a candidate this close to a seed/accepted one as it arrives
-    max_tokens: int = 320
+    live_dedup: float | None = 0.95  # reject a candidate this close to a seed/accepted one as it arrives
+    max_tokens: int = 320  # per answer
+    question_tokens: int = 160  # per new question
 
     @classmethod
     def fixed(cls, temperature: float = 0.7) -> Strategy:
@@ -187,28 +188,59 @@ def _prompt_text(prompt: Any) -> str:
 
 # -- generation ---------------------------------------------------------------------
 
-_SYSTEM = (
-    "You write new training examples modelled on an example. Write ONE new example: a new question a user "
-    "might ask, and its correct answer. Use exactly this format:\nQUESTION:\n<the new question>\nANSWER:\n"
-    "<the correct answer>"
-)
-_CODE_EXTRA = (
-    "\nTESTS:\n```python\n<assert statements that check the answer's code>\n```\n"
-    "The ANSWER must be a complete Python code block."
-)
-_MATH_EXTRA = "\nEXPRESSION:\n<one arithmetic expression that computes the answer>\nThe ANSWER must be a number."
+_QUESTION_SYS = "You write new practice questions. Reply with the new question only, nothing else."
+_ANSWER_SYS = {
+    "code": "You are a Python programmer. Reply with one complete Python code block only.",
+    "math": "You solve arithmetic problems. Reply with the final number only.",
+    "text": "You are a helpful assistant. Answer the question correctly and briefly.",
+}
+_TESTS_SYS = "You write Python tests. Reply with assert statements only, in one code block."
 
 
-def _generation_messages(seed: Seed, cell: dict[str, Any]) -> list[dict[str, str]]:
-    extra = _CODE_EXTRA if seed.kind == "code" else _MATH_EXTRA if seed.kind == "math" else ""
-    example = f"QUESTION:\n{seed.prompt.strip()}\nANSWER:\n{seed.answer.strip()}"
-    if seed.kind == "code" and seed.tests:
-        example += f"\nTESTS:\n```python\n{seed.tests.strip()}\n```"
+def _question_messages(seed: Seed, cell: dict[str, Any]) -> list[dict[str, str]]:
     ask = (
-        f"Example:\n{example}\n\nNow write a different question on the same topic, {cell['difficulty']} than the "
-        f"example, asked by {cell['persona']}, {cell['style']}. Then its answer."
+        f"Example question:\n{seed.prompt.strip()}\n\nWrite one new, different question on the same topic, "
+        f"{cell['difficulty']} than the example, as {cell['persona']} would ask it, {cell['style']}."
     )
-    return [{"role": "system", "content": _SYSTEM + extra}, {"role": "user", "content": ask}]
+    return [{"role": "system", "content": _QUESTION_SYS}, {"role": "user", "content": ask}]
+
+
+def _answer_messages(seed: Seed, question: str) -> list[dict[str, str]]:
+    # One worked example (the trusted seed) before the new question: small models copy the form.
+    shown = (
+        f"```python\n{seed.answer.strip()}\n```" if seed.kind == "code" and "```" not in seed.answer else seed.answer
+    )
+    return [
+        {"role": "system", "content": _ANSWER_SYS.get(seed.kind, _ANSWER_SYS["text"])},
+        {"role": "user", "content": seed.prompt.strip()},
+        {"role": "assistant", "content": shown.strip()},
+        {"role": "user", "content": question},
+    ]
+
+
+def _tests_messages(seed: Seed, code: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": _TESTS_SYS},
+        {
+            "role": "user",
+            "content": f"Write assert statements that test this code:\n```python\n{seed.answer.strip()}\n```",
+        },
+        {"role": "assistant", "content": f"```python\n{(seed.tests or '').strip()}\n```"},
+        {"role": "user", "content": f"Write assert statements that test this code:\n```python\n{code.strip()}\n```"},
+    ]
+
+
+def _clean_question(reply: str) -> str:
+    q = reply.strip()
+    q = re.sub(r"(?is)^(?:here is|here's|sure)[^\n:]*:\s*", "", q)
+    q = re.sub(r"(?i)^\**\s*(?:new\s+)?question\s*\**\s*[:.-]\s*", "", q)
+    q = re.split(r"\n\s*\n|^\s*\**\s*answer\s*\**\s*:", q, flags=re.IGNORECASE | re.MULTILINE)[0]
+    return " ".join(q.strip().strip('"').strip("'").split())
+
+
+def _code_block(reply: str) -> str:
+    m = re.search(r"```(?:python|py)?\s*\n([\s\S]*?)```", reply)
+    return (m.group(1) if m else reply).strip()
 
 
 _SECTION = re.compile(r"(?im)^\s*\**\s*(QUESTION|ANSWER|TESTS|EXPRESSION)\s*\**\s*:\s*")
@@ -257,13 +289,15 @@ def _function_names(code: str) -> set[str]:
 
 
 def _variant_item(seed: Seed, parts: dict[str, str], provenance: dict[str, Any]) -> SynthItem:
-    tests = parts.get("tests")
-    missing = not tests or "assert" not in tests
-    # A code variant without tests that kept the seed's function is held to the seed's own tests.
-    shared = _function_names(seed.answer) & _function_names(parts["answer"])
-    if seed.kind == "code" and missing and seed.tests and shared:
-        tests = seed.tests
-        provenance["tests_from"] = "seed"
+    tests = parts.get("tests") or ""
+    if seed.kind == "code":
+        generated = "assert" in tests
+        # A variant that kept the seed's function must also still pass the seed's own (trusted) tests.
+        with_seed = bool(seed.tests and _function_names(seed.answer) & _function_names(parts["answer"]))
+        if with_seed:
+            tests = f"{tests.rstrip()}\n{(seed.tests or '').strip()}\n" if generated else (seed.tests or "")
+        used = [name for name, on in (("generated", generated), ("seed", with_seed)) if on]
+        provenance["tests_from"] = "+".join(used) or "none"
     return SynthItem(
         prompt=parts["question"].strip(),
         answer=parts["answer"].strip(),
@@ -273,6 +307,60 @@ def _variant_item(seed: Seed, parts: dict[str, str], provenance: dict[str, Any])
         expression=parts.get("expression") or None if seed.kind == "math" else None,
         provenance=provenance,
     )
+
+
+def _generate(
+    llm: Any,
+    seed: Seed,
+    cell: dict[str, Any],
+    i: int,
+    strategy: Strategy,
+    bank: list[np.ndarray],
+    seen_text: set[str],
+    embed: Callable[[Sequence[str]], np.ndarray],
+) -> tuple[SynthItem | None, str]:
+    """One attempt: a new question, rejected at once if it is a near-duplicate, then its answer (and tests).
+
+    Several short calls, not one: small models follow "write a question" and "answer this" far more reliably
+    than a multi-part format. A reply that does use the QUESTION/ANSWER format is taken as it is."""
+    temp = cell["temperature"]
+    q_msgs = _question_messages(seed, cell)
+    reply = llm.chat(q_msgs, temperature=temp, max_tokens=strategy.question_tokens, seed=i)
+    prompts: list[Any] = [q_msgs]
+    parts = parse_variant(reply, seed.kind) if _SECTION.search(reply) else None
+    question = parts["question"] if parts else _clean_question(reply)
+    if len(question) < 10:
+        return None, "unparsed-question"
+    if strategy.live_dedup:
+        key = normalise_text(question)
+        v = embed([question])[0]
+        if key in seen_text or (bank and float(np.max(np.stack(bank) @ v)) >= strategy.live_dedup):
+            return None, "near-duplicate-live"
+        seen_text.add(key)
+        bank.append(v)
+    if parts is None:
+        a_msgs = _answer_messages(seed, question)
+        prompts.append(a_msgs)
+        answer = llm.chat(a_msgs, temperature=0.2, max_tokens=strategy.max_tokens, seed=i)
+        parts = {"question": question, "answer": answer.strip()}
+        if not parts["answer"]:
+            return None, "empty-answer"
+    if seed.kind == "code":
+        parts["answer"] = _code_block(parts["answer"])
+        if not parts.get("tests") and seed.tests:
+            t_msgs = _tests_messages(seed, parts["answer"])
+            prompts.append(t_msgs)
+            parts["tests"] = _code_block(llm.chat(t_msgs, temperature=0.2, max_tokens=200, seed=i))
+    prov = {
+        "seed_id": seed.id,
+        "seed_source": seed.source,
+        "generator_model": getattr(llm, "model", "unknown"),
+        "prompt_hash": stable_id("prompt", prompts, n=16),
+        "strategy": cell,
+        "attempt": i,
+        "created_utc": utcnow().isoformat(),
+    }
+    return _variant_item(seed, parts, prov), "ok"
 
 
 def expand(
@@ -315,39 +403,16 @@ def expand(
     for i in range(n):
         seed = seed_list[i % len(seed_list)]
         cell = strategy.cell(i // len(seed_list))
-        msgs = _generation_messages(seed, cell)
         try:
-            reply = llm.chat(msgs, temperature=cell["temperature"], max_tokens=strategy.max_tokens, seed=i)
+            item, reason = _generate(llm, seed, cell, i, strategy, bank, seen_text, embed)
         except UpstreamError:
-            gen.drop("upstream-error")
-            if progress:
-                progress(1)
-            continue
-        parts = parse_variant(reply, seed.kind)
+            item, reason = None, "upstream-error"
         if progress:
             progress(1)
-        if parts is None:
-            gen.drop("unparsed")
-            continue
-        prov = {
-            "seed_id": seed.id,
-            "seed_source": seed.source,
-            "generator_model": getattr(llm, "model", "unknown"),
-            "prompt_hash": stable_id("prompt", msgs, n=16),
-            "strategy": cell,
-            "attempt": i,
-            "created_utc": utcnow().isoformat(),
-        }
-        item = _variant_item(seed, parts, prov)
-        if strategy.live_dedup:
-            key = normalise_text(item.prompt)
-            v = embed([item.prompt])[0]
-            if key in seen_text or (bank and float(np.max(np.stack(bank) @ v)) >= strategy.live_dedup):
-                gen.drop("near-duplicate-live")
-                continue
-            seen_text.add(key)
-            bank.append(v)
-        candidates.append(item)
+        if item is None:
+            gen.drop(reason)
+        else:
+            candidates.append(item)
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     judge = judge_llm if judge_llm is not None else llm

@@ -6,10 +6,11 @@ why. The order in :func:`run_filters` is cheapest first, so the LLM judge only
 sees items that already passed everything mechanical:
 
 1. ``exact_dedup``: the same normalised prompt as a seed or an earlier item;
-2. ``near_dedup``: cosine similarity (MiniLM) at or above ``near_dup`` against the
-   seeds or an earlier kept item;
-3. ``similarity_bounds``: similarity to its own seed must lie in ``[low, high)``:
-   above ``high`` it is a paraphrase-copy, below ``low`` it has left the topic;
+2. ``near_dedup``: cosine similarity (MiniLM) at or above ``near_dup`` (0.95: the same
+   question reworded) against any seed or an earlier kept item;
+3. ``similarity_bounds``: similarity to its own seed must lie in ``[low, high)``
+   (default ``[0.30, 0.90)``): above ``high`` it is a paraphrase of its seed, below
+   ``low`` it has left the topic;
 4. ``verify``: executable verifiers (code must pass its tests, math must check);
 5. ``rubric_judge``: an LLM grades the answer 1-5 against a rubric; keeps >= ``min_score``.
 """
@@ -44,9 +45,9 @@ __all__ = [
 class FilterConfig:
     """Thresholds of the filters; every field is documented once, here."""
 
-    near_dup: float = 0.92  # cosine at/above which two prompts count as the same question
-    low: float = 0.30  # below: off-topic relative to its seed
-    high: float = 0.95  # at/above: a copy of its seed
+    near_dup: float = 0.95  # cosine at/above which two prompts are the same question (vs seeds and each other)
+    low: float = 0.30  # similarity to its own seed below this: off-topic
+    high: float = 0.90  # similarity to its own seed at/above this: a paraphrase of the seed, not a new question
     verify_code: bool = True  # run code answers against their tests
     verify_math: bool = True  # check math answers numerically
     require_verifier: bool = False  # drop code/math items that no verifier could check
@@ -169,6 +170,10 @@ def verify(items: Sequence[SynthItem], cfg: FilterConfig) -> tuple[list[SynthIte
     kept = []
     for it in items:
         if it.kind == "code" and cfg.verify_code:
+            names = set(re.findall(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", _strip_fences(it.answer), re.MULTILINE))
+            if not any(re.search(rf"\b{re.escape(nm)}\s*\(", it.tests or "") for nm in names):
+                rep.drop("code:tests-do-not-call-it")  # "assert True" verifies nothing
+                continue
             res = run_python_tests(
                 _strip_fences(it.answer), it.tests or "", timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb
             )

@@ -131,14 +131,14 @@ _ABBR = r"(?:Co|Inc|Corp|Ltd|Bros|Mfg|Jr|Sr|St|Ass'n|Nat'l|Int'l|Comm'r|Dep't|Bd
 _TOKEN = rf"(?:{_ABBR}|[A-Z][\w'&\-]*)"  # a word of a party's name; a full stop ends the name unless an abbreviation
 _PARTY = rf"{_TOKEN}(?:,\s+{_ABBR}|\s+(?:{_TOKEN}|of|the|and|&|de)){{0,7}}"
 _CASE_FULL = re.compile(
-    rf"(?P<name>(?:In re|Estate of)?\s*{_PARTY}\s+v\.\s+{_PARTY}),?\s+"
+    rf"(?P<name>(?:In re|Estate of)?\s*{_PARTY}\s+vs?\.?\s+{_PARTY}),?\s+"
     rf"(?P<vol>\d{{1,4}})\s+(?P<rep>{_REPORTER})\s*(?P<page>\d{{1,5}})"
     rf"(?:\s*\((?P<court>[^()]{{0,40}}?\d{{4}})\))?"
 )
 _CITE_ONLY = re.compile(rf"\b(?P<vol>\d{{1,4}})\s+(?P<rep>{_REPORTER})\s*(?P<page>\d{{1,5}})\b(?!\s*[-–]?\s*\d)")
 _TC_MEMO = re.compile(r"\bT\.\s?C\.\s?(?:Memo(?:randum)?\.?|Summ(?:ary)?\.?\s?Op(?:inion)?\.?)\s*(\d{4})-(\d{1,4})")
 _CASE_NAME = re.compile(
-    rf"(?<![\w.])(?P<name>{_PARTY}\s+v\.\s+"
+    rf"(?<![\w.])(?P<name>{_PARTY}\s+vs?\.?\s+"
     rf"(?:Commissioner|Comm'r|United States|{_TOKEN}(?:\s+(?:{_TOKEN}|of|the|&)){{0,5}}))"
 )
 _ACT = re.compile(
@@ -195,7 +195,7 @@ def _party_key(name: str) -> str:
     n = re.sub(r"^(?:see also|see|cf\.|accord|in re|estate of)\s+", "", n)
     for pat, rep in _PARTY_NORM:
         n = pat.sub(rep, n)
-    parts = [re.sub(r"[^a-z0-9 ]", " ", p) for p in re.split(r"\s+v\.?\s+", n, maxsplit=1)]
+    parts = [re.sub(r"[^a-z0-9 ]", " ", p) for p in re.split(r"\s+vs?\.?\s+", n, maxsplit=1)]
     parts = [" ".join(p.split()) for p in parts]
     return "case:" + " v ".join(parts)
 

@@ -164,18 +164,24 @@ def llm_citations(text: str, llm: Any, *, known: list[Citation] | None = None, m
     if not isinstance(items, list):
         return []
     have = set().union(*(c.keys for c in known or []))
+    raws = [c.raw.lower() for c in known or []]
     flat = " ".join(text.split()).lower()
     out: list[Citation] = []
     for raw in items:
-        if not isinstance(raw, str) or len(raw.strip()) < 4:
+        if not isinstance(raw, str) or len(raw.strip()) < 6 or not re.search(r"[A-Z0-9]", raw):
             continue
-        s = " ".join(raw.split())
-        if s.lower() not in flat:
+        s = " ".join(raw.split()).strip(" .,;")
+        at = flat.find(s.lower())
+        if at < 0:
             continue  # not in the document: the model made it up or rewrote it
-        for c in extract_citations(s):
+        parsed = extract_citations(s)
+        if not parsed:  # a source no pattern knows (a named Act, "the Glenshaw Glass case"): keep it as written
+            if any(s.lower() in r or r in s.lower() for r in raws):
+                continue
+            parsed = [Citation(raw=s, kind="other", key="src:" + re.sub(r"[^a-z0-9]", "", s.lower()))]
+        for c in parsed:
             if not (c.keys & have):
-                c.method = "llm"
-                c.start = flat.find(s.lower())
+                c.method, c.start = "llm", at
                 out.append(c)
                 have |= c.keys
     return out
@@ -250,11 +256,12 @@ def ingest(
         new = [r for r in rows if r["id"] not in existing]
         if new:
             conn.execute(t.artifacts.insert(), new)
-        for r in rows:  # labels may arrive after a first ingest
-            if r["id"] in existing and r["metadata_json"]:
-                conn.execute(
-                    t.artifacts.update().where(t.artifacts.c.id == r["id"]).values(metadata_json=r["metadata_json"])
-                )
+        for r in rows:  # labels may arrive after a first ingest: merge them into the stored row
+            meta = r["metadata_json"]
+            if r["id"] in existing and meta.get("options_from") == "labels":
+                where = t.artifacts.c.id == r["id"]
+                old = conn.execute(sa.select(t.artifacts.c.metadata_json).where(where)).scalar()
+                conn.execute(t.artifacts.update().where(where).values(metadata_json={**(old or {}), **meta}))
     res.added = len(new)
     res.present = len(rows) - len(new)
     return res

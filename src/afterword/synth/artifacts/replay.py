@@ -42,6 +42,18 @@ def _norm(s: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9%$ ]", " ", s.lower()).split())
 
 
+def _stems(s: str) -> list[str]:
+    """Lower-cased tokens with common English suffixes cut, so "capitalize" meets "capitalized"."""
+    out = []
+    for w in _norm(s).split():
+        for suf in ("ing", "ied", "ies", "ed", "es", "e", "s", "d", "y"):
+            if w.endswith(suf) and len(w) - len(suf) >= 4:
+                w = w[: -len(suf)]
+                break
+        out.append(w)
+    return out
+
+
 def pick_option(output: str, options: list[str]) -> str | None:
     """The option the output chose: from its ``Answer:`` line if any, else the last option it mentions.
 
@@ -49,17 +61,18 @@ def pick_option(output: str, options: list[str]) -> str | None:
 
     >>> pick_option("... so it is not deductible.\\nAnswer: not deductible", ["deductible", "not deductible"])
     'not deductible'
+    >>> pick_option("The company must capitalize the work.", ["deductible", "capitalized"])
+    'capitalized'
     """
     m = list(re.finditer(r"(?im)^\s*\**\s*(?:final\s+)?answer\s*\**\s*[:\-]\s*(.+)$", output))
     zones = [m[-1].group(1)] if m else []
     zones.append(output)
     for zone in zones:
-        z = _norm(zone)
-        hits = [
-            (h.start(), h.end(), opt)
-            for opt in options
-            for h in re.finditer(rf"(?<![a-z0-9]){re.escape(_norm(opt))}(?![a-z0-9])", z)
-        ]
+        z = _stems(zone)
+        hits = []
+        for opt in options:
+            o = _stems(opt)
+            hits += [(i, i + len(o), opt) for i in range(len(z) - len(o) + 1) if o and z[i : i + len(o)] == o]
         # A hit inside a longer option's hit is that longer option ("deductible" within "not deductible").
         hits = [h for h in hits if not any(o[0] <= h[0] and h[1] <= o[1] and o[1] - o[0] > h[1] - h[0] for o in hits)]
         if hits:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from afterword.errors import UpstreamError
+from afterword.llm import extract_json
 from afterword.records import Conversation, Message, Role, utcnow
 from afterword.store import schema as t
 from afterword.store.store import conversation_id_for
@@ -38,9 +40,8 @@ from afterword.synth.artifacts.ingest import Artifact, list_artifacts
 __all__ = ["ReverseResult", "reconstruct", "reverse", "export_reverse", "sft_record", "process_record"]
 
 _PROMPT = (
-    "Below is an expert's memo written for a client. Reconstruct (1) the question the client most likely asked, "
-    "in the client's own words, in one or two sentences, and (2) the research steps the expert took, in order. "
-    'Reply with JSON only: {"question": "...", "steps": ["...", "..."]}'
+    "Below is an expert's memo written for a client. On the first line, write the question the client most likely "
+    "asked, in the client's own words. Then list the research steps the expert took, as a numbered list."
 )
 
 _KIND_STEP = [
@@ -67,7 +68,33 @@ def _ground(step: str, cits: list[Citation]) -> list[str]:
     return [c.key for c in cits if c.raw.lower() in low or c.key.split(":", 1)[-1] in low]
 
 
-def reconstruct(art: Artifact, llm: Any | None, *, max_chars: int = 2500) -> dict[str, Any]:
+_STEP = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*•]|step\s*\d+\s*[:.])\s+(.+)$", re.IGNORECASE)
+
+
+def _parse_reconstruction(reply: str) -> tuple[str | None, list[str]]:
+    """(question, steps) from a reply: JSON if the model sent JSON, else a first line and a numbered list."""
+    try:
+        obj = extract_json(reply)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("question"), str):
+        steps = [" ".join(str(x).split()) for x in obj.get("steps") or [] if str(x).strip()]
+        q = " ".join(obj["question"].split())
+        return (q if len(q) >= 15 else None), steps
+    lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
+    steps = [" ".join(m.group(1).split()) for ln in lines if (m := _STEP.match(ln))]
+    q = None
+    for ln in lines:
+        if _STEP.match(ln):
+            break
+        cand = re.sub(r"(?i)^\**\s*(?:client'?s?\s+)?question\s*\**\s*[:.-]\s*", "", ln).strip(' "*')
+        if len(cand) >= 15 and not re.match(r"(?i)^(?:research )?steps?\b", cand):
+            q = cand
+            break
+    return q, steps
+
+
+def reconstruct(art: Artifact, llm: Any | None, *, max_chars: int = 2500, max_tokens: int = 300) -> dict[str, Any]:
     """The reconstruction of one artifact: question, steps (with sources), sources, conclusion."""
     question, steps, q_src, s_src = None, None, None, None
     if llm is not None:
@@ -75,23 +102,19 @@ def reconstruct(art: Artifact, llm: Any | None, *, max_chars: int = 2500) -> dic
         if art.conclusion and art.conclusion not in excerpt:
             excerpt += "\n\nConclusion: " + art.conclusion
         try:
-            obj = llm.chat_json(
+            reply = llm.chat(
                 [{"role": "system", "content": _PROMPT}, {"role": "user", "content": excerpt}],
-                max_tokens=300,
+                max_tokens=max_tokens,
                 temperature=0.0,
             )
-        except (ValueError, TypeError, UpstreamError):
-            obj = None
-        if isinstance(obj, dict):
-            q = obj.get("question")
-            if isinstance(q, str) and len(q.strip()) >= 15:
-                question, q_src = " ".join(q.split()), "llm"
-            raw_steps = obj.get("steps")
-            if isinstance(raw_steps, list):
-                good = [" ".join(str(s).split()) for s in raw_steps if isinstance(s, str | dict) and str(s).strip()]
-                if len(good) >= 2:
-                    steps = [{"text": s, "sources": _ground(s, art.citations)} for s in good[:12]]
-                    s_src = "llm"
+        except UpstreamError:
+            reply = ""
+        q, raw_steps = _parse_reconstruction(reply)
+        if q:
+            question, q_src = q, "llm"
+        if len(raw_steps) >= 2:
+            steps = [{"text": st, "sources": _ground(st, art.citations)} for st in raw_steps[:12]]
+            s_src = "llm"
     if question is None and art.question:
         question, q_src = art.question, "document"
     if question is None:
@@ -159,6 +182,8 @@ def reverse(
     *,
     ids: list[str] | None = None,
     redo: bool = False,
+    max_tokens: int = 300,
+    max_chars: int = 2500,
     progress: Callable[[int], None] | None = None,
 ) -> ReverseResult:
     """Reconstruct every (not yet reversed, unless ``redo``) artifact and store its training conversation."""
@@ -168,7 +193,7 @@ def reverse(
             if progress:
                 progress(1)
             continue
-        rec = reconstruct(art, llm)
+        rec = reconstruct(art, llm, max_tokens=max_tokens, max_chars=max_chars)
         conv = Conversation(
             source="artifact",
             external_id=f"artifact:{art.id}",
