@@ -23,7 +23,7 @@ from queue import Queue
 
 from afterword.errors import ConfigError, ImportRecordError
 from afterword.records import Conversation
-from afterword.store.store import ImportCounts, Store
+from afterword.store.store import ImportCounts, PreparedImport, Store
 
 __all__ = ["FORMATS", "get_parser", "detect_format", "run_import"]
 
@@ -87,9 +87,11 @@ def run_import(
     fmt = detect_format(path) if fmt == "auto" else fmt
     parse = get_parser(fmt)
     total = ImportCounts()
+    source = f"import:{fmt}"
     # Parsing runs here while a writer thread commits the previous batch: the
     # SQLite driver releases the GIL while it writes, so the two overlap.
-    queue: Queue[list[Conversation] | None] = Queue(maxsize=2)
+    # The rows are prepared here too (ids, tuples), so the writer thread only writes.
+    queue: Queue[PreparedImport | None] = Queue(maxsize=2)
     failure: list[BaseException] = []
 
     def writer() -> None:
@@ -97,9 +99,9 @@ def run_import(
             if failure:
                 continue
             try:
-                total.add(store.import_conversations(item, default_source=f"import:{fmt}"))
+                total.add(store.write_prepared(item))
                 if progress:
-                    progress(len(item))
+                    progress(item.n_conversations)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
 
@@ -125,10 +127,10 @@ def run_import(
             batch.append(item)
             n_msgs += len(item.messages)
             if n_msgs >= batch_size:
-                queue.put(batch)
+                queue.put(store.prepare_import(batch, source))
                 batch, n_msgs = [], 0
         if batch and not failure:
-            queue.put(batch)
+            queue.put(store.prepare_import(batch, source))
     finally:
         queue.put(None)
         thread.join()

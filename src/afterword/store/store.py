@@ -40,7 +40,7 @@ from afterword.store import schema as t
 from afterword.store.engine import is_sqlite, make_engine, resolve_url
 from afterword.store.migrate import upgrade
 
-__all__ = ["Store", "ImportCounts", "conversation_id_for", "message_id_for", "aware"]
+__all__ = ["Store", "ImportCounts", "PreparedImport", "conversation_id_for", "message_id_for", "aware"]
 
 
 def aware(dt: datetime | None) -> datetime | None:
@@ -97,6 +97,22 @@ class ImportCounts:
             "skipped": self.skipped,
             "errors": self.errors,
         }
+
+
+@dataclass
+class PreparedImport:
+    """Rows of a batch of conversations, ready for ``Store.write_prepared`` (one transaction)."""
+
+    counts: ImportCounts
+    conv_rows: dict[str, tuple[Any, ...]]
+    msg_rows: list[tuple[Any, ...]]
+    fb_rows: dict[str, dict[str, Any]]
+    user_ids: set[str]
+    now: datetime
+
+    @property
+    def n_conversations(self) -> int:
+        return len(self.conv_rows) + self.counts.conversations_present
 
 
 def _insert_ignore(engine: sa.Engine, table: sa.Table) -> Any:
@@ -244,15 +260,19 @@ class Store:
     # -- conversations and messages ------------------------------------------
 
     def import_conversations(self, convs: Sequence[Conversation], default_source: str = "import") -> ImportCounts:
-        """Write whole conversations in one transaction; already-present content is skipped.
+        """Write whole conversations in one transaction; already-present content is skipped."""
+        return self.write_prepared(self.prepare_import(convs, default_source))
+
+    def prepare_import(self, convs: Sequence[Conversation], default_source: str = "import") -> PreparedImport:
+        """The rows ``write_prepared`` inserts, built without touching the database.
 
         The bulk-import hot path: rows are built once as tuples in column order
-        (already converted to what SQLite stores, when it is SQLite) and handed to
-        the driver's executemany, with no per-row SQLAlchemy or pydantic work.
+        (already converted to what SQLite stores, when it is SQLite) for the
+        driver's executemany, with no per-row SQLAlchemy or pydantic work.
+        ``run_import`` calls this in the parsing thread, so that the writer
+        thread only writes.
         """
         counts = ImportCounts()
-        if not convs:
-            return counts
         now = utcnow()
         lite = self.is_sqlite
         ts = _sqlite_ts if lite else _same
@@ -320,6 +340,14 @@ class Store:
                     continue
                 row = self._feedback_row(fb, mid, uid, now)
                 fb_rows[row["id"]] = row
+        counts.messages_present = repeated
+        return PreparedImport(counts, conv_rows, msg_rows, fb_rows, user_ids, now)
+
+    def write_prepared(self, prep: PreparedImport) -> ImportCounts:
+        """Insert prepared rows in one transaction and count what was new."""
+        counts, conv_rows, msg_rows, fb_rows, now = prep.counts, prep.conv_rows, prep.msg_rows, prep.fb_rows, prep.now
+        if not conv_rows:
+            return counts
         with self.write() as conn:
             existing = self._existing(conn, t.conversations, list(conv_rows))
             counts.conversations = len(conv_rows) - len(existing)
@@ -329,86 +357,14 @@ class Store:
                 present = self._existing(conn, t.messages, [r[0] for r in msg_rows if r[1] in existing])
                 new_msgs = [r for r in msg_rows if r[0] not in present]
             counts.messages = len(new_msgs)
-            counts.messages_present = len(msg_rows) - len(new_msgs) + repeated
+            counts.messages_present += len(msg_rows) - len(new_msgs)
             present_fb = self._existing(conn, t.feedback, list(fb_rows)) if fb_rows else set()
             counts.feedback = len(fb_rows) - len(present_fb)
             _bulk_insert_ignore(
-                conn, t.users, [{"id": u, "created_utc": now, "metadata_json": None} for u in sorted(user_ids)]
+                conn, t.users, [{"id": u, "created_utc": now, "metadata_json": None} for u in sorted(prep.user_ids)]
             )
             _insert_tuples(conn, t.conversations, _CONV_COLS, [r for r in conv_rows.values() if r[0] not in existing])
             _insert_tuples(conn, t.messages, _MSG_COLS, new_msgs)
-            _bulk_insert_ignore(conn, t.feedback, [r for k, r in fb_rows.items() if k not in present_fb])
-        return counts
-        now = utcnow()
-        conv_rows: dict[str, dict[str, Any]] = {}
-        msg_rows: list[dict[str, Any]] = []
-        fb_rows: dict[str, dict[str, Any]] = {}
-        user_ids: set[str] = set()
-        for conv in convs:
-            cid = conversation_id_for(conv)
-            if cid in conv_rows:  # the same conversation twice in one batch
-                counts.conversations_present += 1
-                continue
-            started = conv.started_utc or next((m.created_utc for m in conv.messages if m.created_utc), None)
-            conv_rows[cid] = {
-                "id": cid,
-                "user_id": conv.user_id,
-                "source": conv.source or default_source,
-                "external_id": conv.external_id,
-                "started_utc": started,
-                "metadata_json": conv.metadata or None,
-            }
-            if conv.user_id:
-                user_ids.add(conv.user_id)
-            parent: str | None = None
-            ids: list[str] = []
-            for seq, m in enumerate(conv.messages):
-                mid = m.id or message_id_for(cid, parent, m)
-                ids.append(mid)
-                msg_rows.append(
-                    {
-                        "id": mid,
-                        "conversation_id": cid,
-                        "seq": seq,
-                        "parent_id": parent,
-                        "user_id": conv.user_id,
-                        "role": m.role,
-                        "content": m.content,
-                        "tool_calls_json": m.tool_calls,
-                        "created_utc": m.created_utc,
-                        "model": m.model,
-                        "latency_ms": m.latency_ms,
-                        "prompt_tokens": m.prompt_tokens,
-                        "completion_tokens": m.completion_tokens,
-                        "metadata_json": m.metadata or None,
-                    }
-                )
-                parent = mid
-            for fb in conv.feedback:
-                mid = fb.message_id
-                if mid is None and fb.message_index is not None and 0 <= fb.message_index < len(ids):
-                    mid = ids[fb.message_index]
-                if mid is None:
-                    continue
-                row = self._feedback_row(fb, mid, conv.user_id, now)
-                fb_rows[row["id"]] = row
-        with self.write() as conn:
-            existing = self._existing(conn, t.conversations, list(conv_rows))
-            counts.conversations = len(conv_rows) - len(existing)
-            counts.conversations_present += len(existing)
-            present_msgs: set[str] = set()
-            if existing:
-                present_msgs = self._existing(conn, t.messages, [r["id"] for r in msg_rows])
-            new_msgs = [r for r in msg_rows if r["id"] not in present_msgs]
-            counts.messages = len(new_msgs)
-            counts.messages_present = len(msg_rows) - len(new_msgs) + repeated
-            present_fb = self._existing(conn, t.feedback, list(fb_rows)) if fb_rows else set()
-            counts.feedback = len(fb_rows) - len(present_fb)
-            _bulk_insert_ignore(
-                conn, t.users, [{"id": u, "created_utc": now, "metadata_json": None} for u in sorted(user_ids)]
-            )
-            _bulk_insert_ignore(conn, t.conversations, [r for cid, r in conv_rows.items() if cid not in existing])
-            _bulk_insert_ignore(conn, t.messages, new_msgs)
             _bulk_insert_ignore(conn, t.feedback, [r for k, r in fb_rows.items() if k not in present_fb])
         return counts
 
