@@ -46,11 +46,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from afterword.capture.logger import CaptureLogger
+from afterword.capture.logger import CaptureLogger, assign_ids
 from afterword.capture.wrap import to_message
 from afterword.errors import StoreError
 from afterword.records import Conversation, Message, utcnow
 from afterword.serve.errors import ProxyError, error_response
+from afterword.serve.journal import Journal, recover_journals
 from afterword.serve.keys import KeyCache
 from afterword.serve.proxy_config import CONFIG_ENV, ProxyConfig
 from afterword.serve.spool import SharedSpool
@@ -204,6 +205,9 @@ class _Call:
                 m.created_utc = now
             reply.created_utc = now
             conv = Conversation(messages=[*msgs, reply], user_id=self.user, external_id=self.session, source="proxy")
+            assign_ids(conv)
+            if self.state.journal is not None:  # durable before the reply goes out
+                self.state.journal.append(conv)
             self.state.logger.log(conv)
             mid = conv.messages[-1].id
         except Exception as exc:
@@ -211,6 +215,28 @@ class _Call:
             return None
         self.state.credit(self.injection, mid, self.user)
         return mid
+
+
+class _ProxyLogger(CaptureLogger):
+    """The capture logger, plus: it writes at most once per ``linger_s`` (under load many calls
+    share one transaction), and tells the journal how far it got."""
+
+    def __init__(self, store: Store | None, spool: SharedSpool, linger_s: float) -> None:
+        self.linger_s = linger_s
+        self.processed = 0  # calls taken to the store or the spool, in queue order
+        self.journal: Journal | None = None
+        super().__init__(store, spool)
+
+    def _write(self, batch: list[Conversation]) -> None:
+        super()._write(batch)
+        self.processed += len(batch)
+        if self.journal is not None:
+            try:
+                self.journal.done(self.processed)
+            except Exception as exc:
+                log.warning("afterword: journal clean-up failed: %s", exc)
+        if self.linger_s:
+            time.sleep(self.linger_s)  # calls queue up meanwhile; the next write takes them all
 
 
 class ProxyState:
@@ -221,7 +247,9 @@ class ProxyState:
         self._injector_override = injector
         self.store: Store | None = None
         self.spool = SharedSpool(config.spool_path)
-        self.logger = CaptureLogger(None, self.spool)
+        self.logger = _ProxyLogger(None, self.spool, config.log_linger_s)
+        self.journal: Journal | None = None  # opened in start(), in the serving process
+        self.journal_dir = self.spool.path.with_name(self.spool.path.name + ".journal")
         self.keys = KeyCache(None, "proxy", ttl_s=config.key_cache_ttl_s)
         self.injector: Any = None
         self.http: httpx.AsyncClient | None = None
@@ -235,10 +263,16 @@ class ProxyState:
 
     async def start(self) -> None:
         cfg = self.config
+        try:
+            self.journal = Journal(self.journal_dir)
+            self.logger.journal = self.journal
+        except OSError as exc:  # the proxy still works; only a SIGKILL could lose queued logs
+            log.warning("afterword: no write-ahead journal (%s)", exc)
         self.http = httpx.AsyncClient(
             base_url=cfg.upstream,
             timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s),
-            limits=httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections),
+            # Few idle connections: httpcore checks every pooled connection on each request.
+            limits=httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_keepalive),
         )
         await run_in_threadpool(self.try_open_store)
         self._tasks.append(asyncio.create_task(self._maintain()))
@@ -252,6 +286,8 @@ class ProxyState:
         if self.http is not None:
             await self.http.aclose()
         await run_in_threadpool(self.logger.close)
+        if self.journal is not None:
+            self.journal.close(self.logger.processed)
         self._credit_pool.shutdown(wait=True)
 
     def try_open_store(self) -> bool:
@@ -297,13 +333,17 @@ class ProxyState:
             log.warning("afterword: memory warm-up failed: %s", exc)
 
     def replay(self) -> int:
-        if self.store is None or not self.spool.has_pending():
+        """Replay the spool, and the journals of dead workers. Blocking; never raises."""
+        if self.store is None:
             return 0
+        n = 0
         try:
-            return self.spool.replay(self.store)
+            n += recover_journals(self.journal_dir, self.store)
+            if self.spool.has_pending():
+                n += self.spool.replay(self.store)
         except Exception as exc:
-            log.warning("afterword: spool replay failed (%s); will retry", exc)
-            return 0
+            log.warning("afterword: replay failed (%s); will retry", exc)
+        return n
 
     async def _maintain(self) -> None:
         """Reopen a store that was down at startup; replay the spool when idle."""
@@ -313,8 +353,7 @@ class ProxyState:
                 await run_in_threadpool(self.try_open_store)
             else:
                 await asyncio.sleep(self.config.replay_interval_s)
-                if self.spool.has_pending():
-                    await run_in_threadpool(self.replay)
+                await run_in_threadpool(self.replay)
 
     # -- per request ---------------------------------------------------------------
 
@@ -603,17 +642,19 @@ def _install(app: FastAPI, state: ProxyState) -> None:
         log.exception("afterword: unexpected proxy error")
         return error_response(500, f"Internal proxy error: {type(exc).__name__}", "server_error", "internal_error")
 
-    @app.post("/v1/chat/completions")
+    # Plain Starlette routes: FastAPI's parameter solving and response validation would only add latency.
     async def chat_completions(request: Request) -> Response:
         return await state.chat_completions(request)
 
-    @app.get("/v1/models")
     async def models(request: Request) -> Response:
         return await state.models(request)
 
-    @app.get("/healthz")
-    async def health() -> JSONResponse:
+    async def health(_: Request) -> JSONResponse:
         return JSONResponse(state.health())
+
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_route("/v1/models", models, methods=["GET"])
+    app.add_route("/healthz", health, methods=["GET"])
 
 
 def create_app(

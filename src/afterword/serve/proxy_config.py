@@ -51,7 +51,11 @@ class ProxyConfig(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, description="A request body not received in this time gets 408.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Connecting to the upstream; then 502.")
     upstream_timeout_s: float = Field(600.0, gt=0, description="Waiting for upstream bytes (read timeout); then 504.")
-    max_connections: int = Field(512, ge=1, description="Pooled connections to the upstream, per worker.")
+    max_connections: int = Field(256, ge=1, description="Connections to the upstream at once, per worker.")
+    max_keepalive: int = Field(16, ge=0, description="Idle upstream connections kept open, per worker.")
+    log_linger_s: float = Field(
+        0.02, ge=0, description="The background writer waits this long after a write, so calls share transactions."
+    )
     key_cache_ttl_s: float = Field(30.0, ge=0, description="A verified key is trusted this long (revocation delay).")
     store_retry_s: float = Field(2.0, gt=0, description="While the store cannot be opened, retry this often.")
     replay_interval_s: float = Field(5.0, gt=0, description="How often the spool is replayed when the store is up.")
