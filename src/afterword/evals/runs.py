@@ -5,9 +5,12 @@ optional system prompt, named by ``label`` (two prompt variants of the same
 model are two versions). Every output is scored by:
 
 - **reference match** (:mod:`afterword.evals.scoring`), where the item has a
-  reference answer: the mean of token F1 and embedding similarity;
-- **the preference model**, where ``afterword.train.reward`` exists and has a
-  trained model (imported lazily; skipped otherwise);
+  reference answer: the mean of token F1 and embedding similarity, scaled by
+  the share of the reference's answer numbers the output states;
+- **the preference model**, where ``afterword.train.reward`` exists and a
+  reward model was trained (the newest in the lineage, or one named; imported
+  lazily, skipped otherwise); its raw score is reported, not mixed into the
+  headline;
 - **a rubric LLM judge**, when ``judge`` is given: a 1-5 grade against the
   item's rubric (and its reference, if any).
 
@@ -15,7 +18,8 @@ The headline ``score`` of an item is the reference match when there is a
 reference, else the rubric grade, else how far the output is from the known
 bad response (1 − similarity). For items frozen from a known mistake,
 ``repeat_mistake`` says whether the output still makes it: it is closer to
-the mistake than to the reference, or (with no reference) the rubric judge
+the mistake than to the reference or states none of the reference's answer
+numbers, or (with no reference) the rubric judge
 fails it, or it nearly restates the mistake (similarity ≥ 0.85).
 
 Runs and per-item results are stored (``eval_runs``, ``eval_results``).
@@ -33,8 +37,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from afterword.errors import AfterwordError, NotFoundError
-from afterword.evals.scoring import rubric_score, similarities, token_f1
-from afterword.evals.suites import Suite, get_suite
+from afterword.evals.scoring import reference_match, rubric_score, similarities
+from afterword.evals.suites import Suite, SuiteItem, get_suite
 from afterword.llm import LLMClient
 from afterword.records import stable_id, utcnow
 from afterword.store import schema as t
@@ -45,7 +49,8 @@ __all__ = ["EvalRun", "EvalResult", "run_eval", "get_run", "list_runs", "PASS_TH
 PASS_THRESHOLD = 0.5
 _SAME_AS_MISTAKE = 0.85
 
-RewardScorer = Callable[[list[str], list[str]], list[float]]
+#: (contexts as OpenAI message lists, responses) -> one score per pair, higher is better.
+RewardScorer = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
 
 
 @dataclass
@@ -100,25 +105,29 @@ class EvalRun:
         return d
 
 
-def load_reward_scorer(store: Store) -> tuple[RewardScorer | None, str]:
-    """The trained preference model as ``score(prompts, responses) -> [float]``, if there is one."""
+def load_reward_scorer(store: Store, path: str | None = None) -> tuple[RewardScorer | None, str]:
+    """The preference model as ``score(contexts, responses) -> [float]``: the one at ``path``,
+    else the newest reward model recorded in the store's lineage (``exports``, kind ``model``)."""
     try:
-        from afterword.train import reward  # type: ignore[attr-defined]
+        from afterword.train.reward import RewardModel
     except ImportError:
         return None, "afterword.train.reward is not part of this build"
-    for name in ("load_reward_scorer", "load_latest", "load_default", "load_reward_model"):
-        loader = getattr(reward, name, None)
-        if loader is None:
-            continue
-        try:
-            model = loader(store)
-        except (AfterwordError, FileNotFoundError, ImportError, TypeError) as exc:
-            return None, f"no preference model: {exc}"[:200]
-        if model is None:
+    if path is None:
+        e = t.exports
+        with store.read() as conn:
+            path = conn.execute(
+                sa.select(e.c.path)
+                .where(e.c.kind == "model", e.c.format.like("reward-%"), e.c.stale_reason.is_(None))
+                .order_by(e.c.created_utc.desc())
+                .limit(1)
+            ).scalar()
+        if not path:
             return None, "no trained preference model"
-        fn = model if callable(model) and not hasattr(model, "score") else model.score
-        return fn, f"afterword.train.reward.{name}"
-    return None, "afterword.train.reward has no loader"
+    try:
+        model = RewardModel.load(path)
+    except (AfterwordError, OSError, ValueError, KeyError) as exc:
+        return None, f"preference model at {path} unusable: {exc}"[:200]
+    return (lambda ctx, resp: [float(x) for x in model.score(ctx, resp)]), f"reward model {path}"
 
 
 def _summarise(results: list[EvalResult]) -> dict[str, Any]:
@@ -152,16 +161,19 @@ def run_eval(
     *,
     label: str | None = None,
     judge: LLMClient | None = None,
-    reward: RewardScorer | None | bool = True,
+    reward: RewardScorer | str | None | bool = True,
     max_tokens: int = 256,
     temperature: float = 0.0,
     api_key: str | None = None,
+    transform: Callable[[list[dict[str, str]], SuiteItem], list[dict[str, str]]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EvalRun:
     """Run ``model`` at ``endpoint`` on every item of ``suite``, score, store and return the run.
 
-    ``reward=True`` loads the preference model if one exists; pass a scorer to use your own,
-    or ``False`` to skip it.
+    ``reward=True`` loads the newest preference model if one exists; pass a model folder or a
+    scorer to use another, or ``False`` to skip it. ``transform(messages, item)`` rewrites each
+    request before it is sent, for versions that are more than a system prompt (memory
+    injection, a retrieval step).
     """
     s = suite if isinstance(suite, Suite) else get_suite(store, suite)
     client = LLMClient(
@@ -169,8 +181,8 @@ def run_eval(
     )
     reward_fn: RewardScorer | None
     reward_note = "skipped"
-    if reward is True:
-        reward_fn, reward_note = load_reward_scorer(store)
+    if reward is True or isinstance(reward, str):
+        reward_fn, reward_note = load_reward_scorer(store, None if reward is True else reward)
     else:
         reward_fn = reward or None
         reward_note = "given" if reward_fn else "skipped"
@@ -180,6 +192,8 @@ def run_eval(
             msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
                 m for m in item.prompt if not (system_prompt and m["role"] == "system")
             ]
+            if transform is not None:
+                msgs = transform(msgs, item)
             t0 = time.perf_counter()
             try:
                 out, err = client.chat(msgs, max_tokens=max_tokens), None
@@ -199,7 +213,7 @@ def run_eval(
     rewards: list[float | None] = [None] * len(s.items)
     if reward_fn is not None:
         try:
-            rewards = [float(x) for x in reward_fn([i.request for i in s.items], [o[0] for o in outputs])]
+            rewards = [float(x) for x in reward_fn([i.prompt for i in s.items], [o[0] for o in outputs])]
         except Exception as exc:  # noqa: BLE001 - a foreign model must not sink the run
             reward_note = f"failed: {type(exc).__name__}: {exc}"[:200]
     results: list[EvalResult] = []
@@ -209,9 +223,7 @@ def run_eval(
         if item.mistake:
             scores["mistake_sim"] = round(mis_sim, 4)
         if item.reference:
-            f1 = token_f1(out, item.reference)
-            scores.update(reference_f1=round(f1, 4), reference_sim=round(ref_sim, 4))
-            scores["reference"] = round((f1 + ref_sim) / 2, 4)
+            scores.update(reference_match(out, item.reference, ref_sim, item.request))
         if judge is not None and item.rubric:
             try:
                 grade, why = rubric_score(judge, item.request, out, item.rubric, item.reference)
@@ -231,7 +243,7 @@ def run_eval(
         repeat: bool | None = None
         if item.mistake and not err:
             if item.reference:
-                repeat = mis_sim > ref_sim
+                repeat = mis_sim > ref_sim or scores.get("reference_numbers") == 0.0
             elif scores.get("rubric") is not None:
                 repeat = scores["rubric"] < PASS_THRESHOLD
             else:
@@ -246,6 +258,7 @@ def run_eval(
         "judge": judge.model if judge else None,
         "reward": reward_note,
         "pass_threshold": PASS_THRESHOLD,
+        "transform": getattr(transform, "__name__", "custom") if transform else None,
     }
     run = EvalRun(run_id, s.name, label, model, endpoint, system_prompt, now, params, _summarise(results), results)
     with store.write() as conn:

@@ -3,7 +3,10 @@
 The reference-match score is the mean of two views of agreement: SQuAD-style
 token F1 over normalised text (lower case, no punctuation or articles), which
 rewards the exact facts, and MiniLM cosine similarity, which forgives
-paraphrase. Both lie in [0, 1].
+paraphrase. Both lie in [0, 1]. Both are also fooled by a wrong number in
+the right sentence ("5 miles is 3.1 km" against "5 miles is 8.05 km"), so the
+mean is multiplied by the share of the reference's *answer numbers* (those
+not already in the request) that the output states.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import numpy as np
 
 from afterword.llm import LLMClient
 
-__all__ = ["normalise", "token_f1", "similarities", "rubric_score", "RUBRIC_PROMPT"]
+__all__ = [
+    "normalise",
+    "token_f1",
+    "numbers_recall",
+    "reference_match",
+    "similarities",
+    "rubric_score",
+    "RUBRIC_PROMPT",
+]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -46,6 +57,40 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     prec, rec = common / len(p), common / len(r)
     return 2 * prec * rec / (prec + rec)
+
+
+_NUM = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?")
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", ".").rstrip("0").rstrip(".") if "." in n or "," in n else n for n in _NUM.findall(text)}
+
+
+def numbers_recall(prediction: str, reference: str, request: str = "") -> float | None:
+    """Share of the reference's numbers (minus those in the request) found in the prediction; None if none.
+
+    >>> numbers_recall("It is 3.1 km", "5 miles is 8.05 km", "5 miles in km?")
+    0.0
+    >>> numbers_recall("about 8.05 km", "5 miles is 8.05 km", "5 miles in km?")
+    1.0
+    """
+    key = _numbers(reference) - _numbers(request)
+    if not key:
+        return None
+    return len(key & _numbers(prediction)) / len(key)
+
+
+def reference_match(prediction: str, reference: str, similarity: float, request: str = "") -> dict[str, float]:
+    """The reference-match score and its parts, given the precomputed embedding ``similarity``."""
+    f1 = token_f1(prediction, reference)
+    out = {"reference_f1": round(f1, 4), "reference_sim": round(similarity, 4)}
+    score = (f1 + similarity) / 2
+    nums = numbers_recall(prediction, reference, request)
+    if nums is not None:
+        out["reference_numbers"] = round(nums, 4)
+        score *= nums
+    out["reference"] = round(score, 4)
+    return out
 
 
 def similarities(pairs: list[tuple[str, str]]) -> list[float]:
