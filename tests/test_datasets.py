@@ -173,8 +173,15 @@ def _all_text(path: Path) -> str:
 COMBOS = [(k, f) for k in KINDS for f in ("trl", "openai", "sharegpt") if not (k == "kto" and f == "openai")]
 
 
-@pytest.mark.parametrize(("kind", "fmt"), COMBOS)
-@pytest.mark.parametrize("file_format", ["jsonl", "parquet"])
+# JSONL for every pair; Parquet for one pair of each row shape (the writer is shared).
+CASES = [(k, f, "jsonl") for k, f in COMBOS] + [
+    ("sft", "openai", "parquet"),
+    ("dpo", "trl", "parquet"),
+    ("kto", "sharegpt", "parquet"),
+]
+
+
+@pytest.mark.parametrize(("kind", "fmt", "file_format"), CASES)
 def test_round_trip_datasets_and_trl(filled, tmp_path, tokenizer, kind, fmt, file_format):
     from datasets import load_dataset
     from trl.data_utils import apply_chat_template, is_conversational
@@ -453,11 +460,12 @@ def test_cli_dataset_build_and_list(filled, tmp_path):
     from afterword.cli._common import state
 
     store, _ = filled
-    state.store = store
     try:
         r = CliRunner().invoke(
             app,
             [
+                "--db",
+                store.url,
                 "dataset",
                 "build",
                 "--kind",
@@ -477,13 +485,26 @@ def test_cli_dataset_build_and_list(filled, tmp_path):
         assert doc["rows"] > 0 and doc["kind"] == "dpo"
         assert "--kind dpo" in json.loads((tmp_path / "c" / "dataset_card.json").read_text())["command"]
         forget_user(store, "u1")
-        r = CliRunner().invoke(app, ["dataset", "list", "--json"])
+        r = CliRunner().invoke(app, ["--db", store.url, "dataset", "list", "--json"])
         assert r.exit_code == 0, r.output
         listed = json.loads(r.output.strip().splitlines()[-1])
         assert listed[0]["stale"] and "u1" in listed[0]["stale_reason"]
         r = CliRunner().invoke(
-            app, ["dataset", "build", "--kind", "kto", "--format", "openai", "--out", str(tmp_path / "x"), "--json"]
+            app,
+            [
+                "--db",
+                store.url,
+                "dataset",
+                "build",
+                "--kind",
+                "kto",
+                "--format",
+                "openai",
+                "--out",
+                str(tmp_path / "x"),
+                "--json",
+            ],
         )
         assert r.exit_code == 1 and "no KTO" in json.loads(r.output.strip().splitlines()[-1])["error"]
     finally:
-        state.store = None
+        state.store = state.db = None  # the next test opens its own store

@@ -24,7 +24,7 @@ from afterword.datasets.card import summarise, write_card
 from afterword.datasets.collect import collect_turns, make_examples
 from afterword.datasets.dedupe import dedupe as dedupe_examples
 from afterword.datasets.formats import Example, check_row, converter
-from afterword.datasets.splits import assign_splits, check_no_leak
+from afterword.datasets.splits import assign_pair_splits, assign_splits, check_no_leak
 from afterword.errors import ExportError
 from afterword.export import record_export
 from afterword.records import stable_id, utcnow
@@ -168,7 +168,11 @@ def build_dataset(
             f"no {kind} rows qualify: {collect_stats['assistant_turns']} assistant turns, {made} candidate rows "
             f"(min_confidence={min_confidence}); judge the store or add feedback first"
         )
-    split_stats = assign_splits(examples, split, test_fraction, seed)
+    if kind in ("dpo", "reward"):
+        split_stats = assign_pair_splits(examples, split, test_fraction, seed)
+        examples = [e for e in examples if e.split != "drop"]
+    else:
+        split_stats = assign_splits(examples, split, test_fraction, seed)
     check_no_leak(examples)
 
     out_dir = Path(out)
@@ -223,6 +227,7 @@ def build_dataset(
             "near_duplicates": dedupe_stats["near"],
             "near_dup_method": near_dup_method if dedupe and near_dup_threshold is not None else None,
             "near_dup_threshold": near_dup_threshold if dedupe else None,
+            "pairs_straddling_the_split": split_stats.get("straddling_pairs_dropped", 0),
         },
         "candidates": {"assistant_turns": collect_stats["assistant_turns"], "rows_before_cleaning": made},
         "redacted": red is not None,

@@ -23,11 +23,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from afterword.datasets.formats import Example
 from afterword.records import stable_id
 
-__all__ = ["SPLITS", "group_examples", "assign_splits", "check_no_leak"]
+__all__ = ["SPLITS", "group_examples", "assign_splits", "assign_pair_splits", "check_no_leak"]
 
 SPLITS = ("user", "time", "none")
 
@@ -65,7 +66,9 @@ def group_examples(examples: Sequence[Example]) -> list[str]:
     return [uf.find(_keys(ex)[0]) for ex in examples]
 
 
-def assign_splits(examples: Sequence[Example], by: str = "user", test_fraction: float = 0.1, seed: int = 0) -> dict:
+def assign_splits(
+    examples: Sequence[Example], by: str = "user", test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, Any]:
     """Set ``ex.split`` to ``train`` or ``test`` in place; returns split counts and group counts."""
     if by not in SPLITS:
         raise ValueError(f"unknown split {by!r}; known: {', '.join(SPLITS)}")
@@ -95,6 +98,47 @@ def assign_splits(examples: Sequence[Example], by: str = "user", test_fraction: 
         ex.split = "test" if g in test else "train"
     n_test = sum(1 for ex in examples if ex.split == "test")
     return {"by": by, "train": len(examples) - n_test, "test": n_test, "groups": len(members), "test_groups": len(test)}
+
+
+def _side_key(ex: Example, which: int) -> tuple[str, str]:
+    """(user, conversation) of the chosen (0) or rejected (-1) response of a pair."""
+    user = (ex.user_ids[which] if ex.user_ids else None) or ""
+    conv = ex.conversation_ids[which] if ex.conversation_ids else ""
+    return user, conv
+
+
+def assign_pair_splits(
+    pairs: Sequence[Example], by: str = "user", test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, Any]:
+    """Split preference pairs by their responses' users and conversations, not by whole pairs.
+
+    Grouping whole pairs would chain every user who ever asked a similar question into one
+    group; instead each response is placed as :func:`assign_splits` would place it, and a
+    pair whose two responses land on different sides is marked ``drop``.
+    """
+    sides: dict[tuple[str, str], Example] = {}
+    for ex in pairs:
+        for which in (0, -1):
+            key = _side_key(ex, which)
+            if key not in sides:
+                sides[key] = Example(
+                    ex.kind,
+                    [],
+                    message_ids=[f"{key}"],
+                    user_ids=[key[0] or None],
+                    conversation_ids=[key[1]] if key[1] else [],
+                    time_utc=ex.time_utc,
+                )
+            elif ex.time_utc and (sides[key].time_utc is None or ex.time_utc > sides[key].time_utc):  # type: ignore[operator]
+                sides[key].time_utc = ex.time_utc
+    stats = assign_splits(list(sides.values()), by, test_fraction, seed)
+    dropped = 0
+    for ex in pairs:
+        got = {sides[_side_key(ex, w)].split for w in (0, -1)}
+        ex.split = got.pop() if len(got) == 1 else "drop"
+        dropped += ex.split == "drop"
+    n_test = sum(1 for ex in pairs if ex.split == "test")
+    return {**stats, "train": len(pairs) - n_test - dropped, "test": n_test, "straddling_pairs_dropped": dropped}
 
 
 def check_no_leak(examples: Sequence[Example]) -> None:
