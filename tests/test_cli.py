@@ -147,6 +147,7 @@ def test_run_the_foundation_stages_on_a_fresh_db(db: Path, tmp_path: Path, monke
     assert again["stages"]["import"]["present_messages"] == 259
 
 
+@pytest.mark.slow  # every stage of the main job, on the shipped sample
 def test_afterword_run_end_to_end(tmp_path: Path) -> None:
     """The README's first command, as a user runs it: a fresh directory, the default store."""
     env = {k: v for k, v in os.environ.items() if k != "AFTERWORD_DB"}
