@@ -80,6 +80,8 @@ def test_errors_are_json_too(loaded: Path) -> None:
     assert "--thumbs" in last_json(out)["error"]
     out = cli(loaded, "search", "flour", "--feedback", "sideways", "--json", code=1)
     assert "sideways" in last_json(out)["error"]
+    out = cli(loaded, "import", sample_path(), "--format", "nope", "--json", code=1)
+    assert "unknown import format 'nope'" in last_json(out)["error"]
 
 
 BAD = [

@@ -38,7 +38,7 @@ def import_cmd(
         fmt_f = detect_format(f) if fmt == "auto" else fmt
         # One conversation a line in the JSONL formats, so lines are the bar's total.
         total = _count_lines(f) if fmt_f in ("openai", "sharegpt") else None
-        with progress_bar(f"importing {f.name}", total, not as_json) as adv:
+        with guard(as_json), progress_bar(f"importing {f.name}", total, not as_json) as adv:
             try:
                 counts = run_import(store, f, fmt_f, strict=strict, progress=adv)
             except ImportRecordError as exc:
