@@ -283,3 +283,13 @@ def test_stage_runs_with_no_data(store):
     assert res["lessons_new"] == 0 and res["llm"] is False
     with store.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(t.memories)).scalar() == 0
+
+
+def test_public_names():
+    import afterword.memory as mem
+
+    for name in mem.__all__:
+        assert getattr(mem, name) is not None, name
+    from afterword.memory.stage import stage
+
+    assert callable(stage) and callable(mem.run_locomo_bench)
