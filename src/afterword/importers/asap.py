@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from afterword.errors import ImportRecordError
+from afterword.importers.base import decoded_lines
 from afterword.records import Conversation, Message
 
 __all__ = ["parse", "LABELS"]
@@ -74,8 +75,8 @@ def parse(path: str | Path) -> Iterator[Conversation]:
     """Stream the examples of an ASAP split file, one Conversation each."""
     path = str(path)
     stem = Path(path).stem
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # decoded line by line: bad UTF-8 is a clear ImportRecordError
+        for lineno, line in enumerate(decoded_lines(path, fh), start=1):
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
                 yield _example(path, stem, lineno, line)

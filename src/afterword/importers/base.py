@@ -16,7 +16,7 @@ from typing import Any
 
 from afterword.errors import ImportRecordError
 
-__all__ = ["read_jsonl", "parse_time", "field", "RecordError"]
+__all__ = ["read_jsonl", "decoded_lines", "parse_time", "field", "RecordError"]
 
 
 class RecordError(Exception):
@@ -49,6 +49,15 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
             except (json.JSONDecodeError, RecursionError) as exc:
                 msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "JSON nested too deeply"
                 yield lineno, ImportRecordError(p, lineno, None, f"invalid JSON: {msg}")
+
+
+def decoded_lines(path: str | Path, fh: Any) -> Iterator[str]:
+    """Lines of a binary file as text; a line that is not UTF-8 raises ImportRecordError naming it."""
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportRecordError(str(path), lineno, None, f"invalid UTF-8 at byte {exc.start}") from None
 
 
 def parse_time(value: Any, field_name: str) -> datetime | None:

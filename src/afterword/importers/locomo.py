@@ -26,7 +26,7 @@ __all__ = ["parse", "load_qa", "parse_locomo_time"]
 
 
 def parse_locomo_time(s: str | None) -> datetime | None:
-    if not s:
+    if not s or not isinstance(s, str):  # a malformed date is no date, not a crash
         return None
     for fmt in ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y"):
         try:
@@ -39,7 +39,7 @@ def parse_locomo_time(s: str | None) -> datetime | None:
 def _load(path: str | Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep JSON: an error, not a crash
         raise ImportRecordError(str(path), getattr(exc, "lineno", 1), None, f"invalid JSON: {exc}") from None
     if isinstance(data, dict):
         data = [data]

@@ -69,7 +69,7 @@ def parse(path: str | Path) -> Iterator[Conversation]:
         # A JSON array: must be read whole (json has no streaming parser in the stdlib).
         try:
             items = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep JSON: an error, not a crash
             yield ImportRecordError(p, getattr(exc, "lineno", 1), None, f"invalid JSON: {exc}")  # type: ignore[misc]
             return
         for i, obj in enumerate(items):

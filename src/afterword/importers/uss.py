@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from afterword.errors import ImportRecordError
+from afterword.importers.base import decoded_lines
 from afterword.records import Conversation, Message
 
 __all__ = ["parse", "rating_label", "dialogue_key", "train_split"]
@@ -79,8 +80,8 @@ def parse(path: str | Path) -> Iterator[Conversation]:
     rows: list[tuple] = []
     first_line = 0
     index = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # decoded line by line: bad UTF-8 is a clear ImportRecordError
+        for lineno, line in enumerate(decoded_lines(path, fh), start=1):
             line = line.rstrip("\n").rstrip("\r")
             if not line.strip():
                 if rows:
