@@ -87,7 +87,9 @@ class HindsightJudge:
         for conv, later in items:
             ctxs = assistant_contexts(conv.messages)
             per_item.append(ctxs)
-            texts += [m.content for m in conv.messages if m.role in ("user", "assistant")]
+            # Only user messages are embedded: each serves as one response's reaction and
+            # the next one's request. Responses themselves are not features of the head.
+            texts += [m.content for m in conv.messages if m.role == "user"]
             for lc in self._later_in_window(conv, later):
                 texts += [m.content for m in lc.messages if m.role == "user"]
         cache.add(texts)
