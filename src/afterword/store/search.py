@@ -133,7 +133,7 @@ def forget_user(store: Store, user_id: str) -> dict[str, Any]:
             conn.execute(
                 t.exports.update()
                 .where(t.exports.c.id.in_(stale))
-                .values(stale_reason=f"contains forgotten user {user_id}")
+                .values(stale_reason="contains data of a forgotten user")  # no id: forget leaves no trace
             )
         if store.is_sqlite:
             n = 0
