@@ -182,6 +182,20 @@ def test_streaming_is_relayed_and_logged(proxy: Running, db: str) -> None:
     assert rows["echo: raw one"].id == raw_mid and rows["echo: raw one"].completion_tokens == 3
 
 
+def test_a_client_that_leaves_mid_stream_gets_a_partial_log(proxy: Running, db: str) -> None:
+    body = {"model": "drip-100", "stream": True, "messages": [{"role": "user", "content": "one two three four five"}]}
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers={"X-Afterword-User": "eve"}) as r:
+        next(r.iter_lines())  # the first event, then hang up
+    deadline = time.monotonic() + 10
+    rows: list[Any] = []
+    while not rows and time.monotonic() < deadline:
+        proxy.flush()
+        rows = [r for r in assistant_rows(db) if r.user_id == "eve"]
+        time.sleep(0.1)
+    assert len(rows) == 1 and rows[0].metadata_json == {"incomplete": True}
+    assert "echo: one two three four five".startswith(rows[0].content)
+
+
 def test_resent_history_dedupes(proxy: Running, db: str) -> None:
     client = sdk(proxy)
     msgs = [{"role": "user", "content": "first"}]

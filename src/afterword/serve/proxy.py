@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -256,6 +257,9 @@ class ProxyState:
         self._credit_pool = ThreadPoolExecutor(1, thread_name_prefix="afterword-credit")
         self._tasks: list[asyncio.Task[None]] = []
         self._store_lock = threading.Lock()
+        self._memory_slots = asyncio.Semaphore(config.memory_concurrency)
+        self._warned: dict[str, float] = {}
+        self.memory_skipped = 0  # requests forwarded without memory (busy, slow or failing)
         headers = {"Authorization": f"Bearer {config.upstream_key}"} if config.upstream_key else {}
         self._upstream_headers = {"Content-Type": "application/json", **headers}
 
@@ -444,21 +448,40 @@ class ProxyState:
         return user, session or None
 
     async def inject(self, call: _Call, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages with the user's memories, or as sent when memory is off, slow, busy or failing.
+
+        At most ``memory_concurrency`` retrievals run at once; a request that finds them all
+        busy goes on without memory rather than queueing behind them (load shedding), and
+        one that waits past ``memory_timeout_s`` is forwarded as sent.
+        """
         injector = self.injector
         if injector is None:
             return messages
+        if self._memory_slots.locked():
+            self.memory_skipped += 1
+            self._warn("memory-busy", "afterword: memory retrieval saturated; some requests go without memory")
+            return messages
+        await self._memory_slots.acquire()
+        job = asyncio.ensure_future(run_in_threadpool(injector.inject, messages, user_id=call.user))
+        job.add_done_callback(lambda _: self._memory_slots.release())  # when the thread is really done
         try:
-            injection = await asyncio.wait_for(
-                run_in_threadpool(injector.inject, messages, user_id=call.user), self.config.memory_timeout_s
-            )
+            injection = await asyncio.wait_for(asyncio.shield(job), self.config.memory_timeout_s)
         except Exception as exc:  # memory is best effort: forward the request as sent
-            log.warning("afterword: memory injection failed: %r", exc)
+            self.memory_skipped += 1
+            self._warn("memory-failed", f"afterword: memory injection failed or timed out: {exc!r}")
             return messages
         new = getattr(injection, "messages", None)
         if not isinstance(new, list):
             return messages
         call.injection = injection
         return new
+
+    def _warn(self, key: str, message: str, every_s: float = 60.0) -> None:
+        """A warning at most once a minute per kind: under load the same one would flood the log."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -every_s) >= every_s:
+            self._warned[key] = now
+            log.warning(message)
 
     def credit(self, injection: Any, message_id: str | None, user: str | None) -> None:
         """Record which memories shaped ``message_id``, off the request path."""
@@ -602,9 +625,9 @@ class ProxyState:
         except httpx.HTTPError as exc:  # headers are gone: all we can do is end the stream
             log.warning("afterword: upstream stream broke: %s", exc)
         finally:
-            await up.aclose()
-            if not logged:  # the client went away, or the upstream broke: keep what was said
+            if not logged:  # the client went away, or the upstream broke: keep what was said, marked
                 finish(False)
+            await up.aclose()  # last: when the client left, this await may itself be cancelled
 
     async def models(self, request: Request) -> Response:
         await self.authorize(request)
@@ -621,6 +644,7 @@ class ProxyState:
             "store": "up" if self.store is not None else "down",
             "spool_pending": self.spool.has_pending(),
             "memory": self.injector is not None,
+            "memory_skipped": self.memory_skipped,
             "auth": self.config.require_key,
             "logged": self.logger.written,
             "spooled": self.logger.spooled,
@@ -708,4 +732,7 @@ def app_from_env() -> FastAPI:
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
         raise RuntimeError(f"{CONFIG_ENV} is not set; start the proxy with 'afterword serve'")
+    # A worker process is ours alone: hand the GIL between the event loop and the writer thread
+    # every 1 ms instead of 5, so a batch being written never holds up a request for long.
+    sys.setswitchinterval(0.001)
     return _app_for(ProxyConfig.model_validate_json(raw))

@@ -42,6 +42,9 @@ class ProxyConfig(BaseModel):
     memory_timeout_s: float = Field(
         1.0, gt=0, description="Injection that takes longer is abandoned; the request goes on without memory."
     )
+    memory_concurrency: int = Field(
+        4, ge=1, description="Retrievals at once per worker; past that, requests go on without memory (shedding)."
+    )
     spool_path: str | None = Field(
         None, description="Durable spool for logs while the store is down (default: $AFTERWORD_SPOOL)."
     )

@@ -6,7 +6,8 @@ last user message, streamed or not, and ``/v1/models``. The request's
 
 - ``status-429`` (any code): answer with that status and an OpenAI error body;
 - ``echo-system``: the reply is the system prompt the stub received;
-- ``delay-50``: wait 50 ms instead of the configured delay.
+- ``delay-50``: wait 50 ms instead of the configured delay;
+- ``drip-50``: stream with 50 ms between chunks.
 
 Every request (body and headers) is kept in ``app.state.requests`` (the last
 1,000), so a test can check what really reached the upstream.
@@ -66,7 +67,10 @@ def create_stub_app(delay_ms: float = 0.0) -> Starlette:
                 first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
                 yield f"data: {json.dumps(first)}\n\n".encode()
                 words = text.split(" ")
+                drip = float(model.split("-", 1)[1]) / 1000 if model.startswith("drip-") else 0.0
                 for i, w in enumerate(words):
+                    if drip:
+                        await asyncio.sleep(drip)
                     piece = w if i == 0 else " " + w
                     ev = {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                     yield f"data: {json.dumps(ev)}\n\n".encode()
