@@ -661,3 +661,33 @@ def _locked(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+# -- the CLI and the public names ----------------------------------------------------------------------------
+
+
+def test_keys_cli_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from afterword.cli import app
+
+    db = str(tmp_path / "cli.db")
+    run = CliRunner().invoke
+    created = json.loads(run(app, ["--db", db, "keys", "create", "my-app", "--json"]).stdout.splitlines()[-1])
+    assert created["key"].startswith("aw-") and created["scope"] == "proxy" and created["active"]
+    listed = json.loads(run(app, ["--db", db, "keys", "list", "--json"]).stdout.splitlines()[-1])
+    assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0]
+    revoked = json.loads(run(app, ["--db", db, "keys", "revoke", created["id"], "--json"]).stdout.splitlines()[-1])
+    assert revoked["active"] is False
+    assert json.loads(run(app, ["--db", db, "keys", "list", "--json"]).stdout.splitlines()[-1]) == []
+    bad = run(app, ["--db", db, "keys", "revoke", "nope", "--json"])
+    assert bad.exit_code == 1 and "not found" in json.loads(bad.stdout.splitlines()[-1])["error"]
+
+
+def test_loopback_detection_and_public_names() -> None:
+    import afterword.serve as serve_pkg
+    from afterword.serve import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.1", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.com"))
+    assert all(hasattr(serve_pkg, name) for name in serve_pkg.__all__)
