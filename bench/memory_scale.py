@@ -46,11 +46,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(res))
         return
-    print(f"\n{'memories':>10s} {'index':14s} {'p50 ms':>8s} {'p95 ms':>8s}  notes")
+    cols = ("p50_ms", "p95_ms", "cpu_p50_ms", "cpu_p95_ms")
+    print(f"\n{'memories':>10s} {'index':14s} {'p50 ms':>8s} {'p95 ms':>8s} {'cpu p50':>8s} {'cpu p95':>8s}  notes")
     for n, r in res["sizes"].items():
         for name, v in r.items():
-            notes = {k: x for k, x in v.items() if k not in ("p50_ms", "p95_ms")}
-            print(f"{int(n):>10,d} {name:14s} {v.get('p50_ms', 0):8.2f} {v.get('p95_ms', 0):8.2f}  {notes}")
+            notes = {k: x for k, x in v.items() if k not in cols}
+            nums = " ".join(f"{v.get(c, float('nan')):8.2f}" for c in cols)
+            print(f"{int(n):>10,d} {name:14s} {nums}  {notes}")
     print(f"query embedding (not included above): {res['query_embedding']}")
     print("reference search p95 (their reports): " + ", ".join(f"{k} {v:.0f} ms" for k, v in REFERENCE_P95_MS.items()))
     print("(2-core machine shared with other engineers' jobs while this ran)")

@@ -216,7 +216,7 @@ def test_forget_via_store_then_index(store):
     idx = get_index(store)
     assert idx.dense(__import__("numpy").ones(384, dtype="float32") / 384**0.5, ["u1"], 5) == []
     with store.read() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM memory_fts").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM memory_search").scalar() == 0
 
 
 def test_judged_dissatisfied_becomes_lesson(store):

@@ -10,8 +10,9 @@ the index query itself, not a filter applied afterwards.
 Backends, chosen per store (``MemoryConfig.index``, ``auto`` by default):
 
 - ``sqlite-vec``: a ``vec0`` table partitioned by owner, plus an FTS5 table
-  (BM25). The tables are created on first use rather than by a migration
-  because ``vec0`` exists only on connections that loaded the extension.
+  (``memory_search``, BM25) where the owner is an indexed token. The tables
+  are created on first use rather than by a migration because ``vec0``
+  exists only on connections that loaded the extension.
 - ``pgvector``: a ``memory_vectors`` table with an HNSW cosine index, plus a
   GIN full-text index over the memories; created on first use for the same
   reason (``CREATE EXTENSION vector`` may be refused).
@@ -39,6 +40,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from afterword.embed import EMBED_DIM
+from afterword.records import stable_id
 from afterword.store import schema as t
 from afterword.store.store import Store
 
@@ -88,6 +90,11 @@ def stem(word: str) -> str:
 
 def owner_of(scope: str, user_id: str | None) -> str:
     return GLOBAL_OWNER if scope == "global" or not user_id else user_id
+
+
+def owner_tag(owner: str) -> str:
+    """An owner as one full-text token (user ids may hold any characters; ``*`` holds none)."""
+    return "o" + stable_id("owner", owner, n=16)
 
 
 def to_blob(vec: np.ndarray) -> bytes:
@@ -324,9 +331,11 @@ class MemoryIndex:
         try:
             with self.store.write() as conn:
                 if self.store.is_sqlite:
+                    # The owner is an indexed token, not an UNINDEXED column: filtering on an
+                    # UNINDEXED column would score every user's matches and then drop most of them.
                     conn.exec_driver_sql(
-                        "CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5("
-                        "body, memory_id UNINDEXED, owner UNINDEXED, tokenize='porter unicode61')"
+                        "CREATE VIRTUAL TABLE IF NOT EXISTS memory_search USING fts5("
+                        "body, owner_tag, memory_id UNINDEXED, tokenize='porter unicode61')"
                     )
                     return "fts5"
                 conn.exec_driver_sql(
@@ -388,8 +397,8 @@ class MemoryIndex:
             )
         if self.lexical_kind == "fts5":
             conn.exec_driver_sql(
-                "INSERT INTO memory_fts(body, memory_id, owner) VALUES (?, ?, ?)",
-                [(_body(r), r["id"], o) for r, o in zip(live, owners, strict=True)],
+                "INSERT INTO memory_search(body, owner_tag, memory_id) VALUES (?, ?, ?)",
+                [(_body(r), owner_tag(o), r["id"]) for r, o in zip(live, owners, strict=True)],
             )
         with self._lock:
             if self._np is not None:  # keep the in-process structures current without a rebuild
@@ -409,7 +418,7 @@ class MemoryIndex:
             elif self.kind == "pgvector":
                 conn.execute(sa.text("DELETE FROM memory_vectors WHERE memory_id = ANY(:ids)"), {"ids": chunk})
             if self.lexical_kind == "fts5":
-                conn.exec_driver_sql(f"DELETE FROM memory_fts WHERE memory_id IN ({marks})", tuple(chunk))
+                conn.exec_driver_sql(f"DELETE FROM memory_search WHERE memory_id IN ({marks})", tuple(chunk))
         with self._lock:
             if self._np is not None:
                 self._np.remove(ids)
@@ -423,7 +432,7 @@ class MemoryIndex:
         elif self.kind == "pgvector":
             conn.exec_driver_sql("DELETE FROM memory_vectors")
         if self.lexical_kind == "fts5":
-            conn.exec_driver_sql("DELETE FROM memory_fts")
+            conn.exec_driver_sql("DELETE FROM memory_search")
         with self._lock:
             self._np = self._bm25 = None
 
@@ -459,12 +468,13 @@ class MemoryIndex:
         if not tokenize(query):
             return []
         if self.lexical_kind == "fts5":
-            marks = ",".join("?" * len(owners))
+            tags = " OR ".join(f'"{owner_tag(o)}"' for o in dict.fromkeys(owners))
+            match = f"body : ({_fts_match(query)}) AND owner_tag : ({tags})"
             with self.store.read() as conn:
                 rows = conn.exec_driver_sql(
-                    "SELECT memory_id, bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ? "
-                    f"AND owner IN ({marks}) ORDER BY bm25(memory_fts) LIMIT ?",
-                    (_fts_match(query), *owners, k),
+                    "SELECT memory_id, bm25(memory_search) FROM memory_search WHERE memory_search MATCH ? "
+                    "ORDER BY bm25(memory_search) LIMIT ?",
+                    (match, k),
                 ).all()
             return [(r[0], -float(r[1])) for r in rows]
         if self.lexical_kind == "tsvector":
