@@ -301,6 +301,23 @@ def test_oversized_bodies_get_413(small_proxy: Running) -> None:
     assert r.status_code == 413 and is_error_shape(r.json(), "body_too_large")
 
 
+def test_a_body_that_never_arrives_gets_408_not_a_hang(stub: Running, db: str, tmp_path: Path) -> None:
+    app = create_app(db, stub.url, require_key=False, memory=False, spool_path=tmp_path / "sp", body_timeout_s=0.5)
+    with serve(app) as p, socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(head + b"Content-Length: 1000\r\n\r\n" + b'{"messages": [')
+        t0 = time.monotonic()
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        assert time.monotonic() - t0 < 5
+    status, _, rest = reply.partition(b"\r\n")
+    assert b" 408 " in status and is_error_shape(json.loads(rest.split(b"\r\n\r\n", 1)[1]), "body_timeout")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     body=st.one_of(
