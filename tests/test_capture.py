@@ -249,3 +249,23 @@ def test_wrap_the_real_local_model(llm, store: Store) -> None:
     assert c.messages[-1].content == (resp.choices[0].message.content or "")
     assert c.messages[-1].completion_tokens and c.messages[-1].completion_tokens <= 16
     assert store.feedback_for_messages([resp.afterword_message_id])[0].thumbs == 1
+
+
+def test_spool_replays_a_leftover_from_a_crashed_replay_first(store, tmp_path):
+    from afterword.capture.spool import Spool
+    from afterword.records import Conversation, Message
+
+    spool = Spool(tmp_path / "s.jsonl")
+
+    def conv(i: int) -> Conversation:
+        return Conversation(user_id="u", external_id=f"s{i}", messages=[Message(role="user", content=f"hi {i}")])
+
+    spool.append(conv(1))
+    spool.path.rename(spool.path.with_suffix(".replaying"))  # as if a replay died half-way
+    assert spool.replay(store) == 1  # the leftover alone, nothing newer spooled yet
+    spool.append(conv(2))
+    spool.path.rename(spool.path.with_suffix(".replaying"))
+    spool.append(conv(3))
+    assert spool.replay(store) == 2
+    assert store.stats()["conversations"] == 3
+    assert not spool.path.exists() and not spool.path.with_suffix(".replaying").exists()

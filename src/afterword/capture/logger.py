@@ -96,5 +96,5 @@ class CaptureLogger:
                 try:
                     self.spool.append(conv)
                     self.spooled += 1
-                except OSError:
+                except Exception:  # the writer thread must survive anything
                     log.exception("afterword: could not spool a conversation")

@@ -45,29 +45,40 @@ class Spool:
             return sum(1 for line in fh if line.strip())
 
     def replay(self, store: Store, batch_size: int = 500) -> int:
-        """Import every spooled conversation; returns how many were replayed."""
+        """Import every spooled conversation; returns how many were replayed.
+
+        A ``.replaying`` file left by a crash in the middle of an earlier replay
+        goes first, then whatever was spooled since.
+        """
         with self._lock:
-            if not self.path.exists():
-                return 0
             work = self.path.with_suffix(".replaying")
-            if not work.exists():
-                os.replace(self.path, work)  # new appends go to a fresh file meanwhile
             n = 0
-            batch: list[Conversation] = []
-            with open(work, encoding="utf-8") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    try:
-                        batch.append(Conversation.model_validate_json(line))
-                    except ValueError:
-                        continue  # a torn last line from a crash mid-append
-                    if len(batch) >= batch_size:
-                        store.import_conversations(batch, default_source="spool")
-                        n += len(batch)
-                        batch = []
-            if batch:
-                store.import_conversations(batch, default_source="spool")
-                n += len(batch)
-            work.unlink()
+            for _ in range(2):
+                if not work.exists():
+                    if not self.path.exists():
+                        break
+                    os.replace(self.path, work)  # new appends go to a fresh file meanwhile
+                n += self._replay_file(work, store, batch_size)
+                work.unlink()
             return n
+
+    @staticmethod
+    def _replay_file(work: Path, store: Store, batch_size: int) -> int:
+        n = 0
+        batch: list[Conversation] = []
+        with open(work, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    batch.append(Conversation.model_validate_json(line))
+                except ValueError:
+                    continue  # a torn last line from a crash mid-append
+                if len(batch) >= batch_size:
+                    store.import_conversations(batch, default_source="spool")
+                    n += len(batch)
+                    batch = []
+        if batch:
+            store.import_conversations(batch, default_source="spool")
+            n += len(batch)
+        return n
