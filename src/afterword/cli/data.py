@@ -255,6 +255,8 @@ def run_cmd(
     def on_stage(name: str, res: dict[str, Any]) -> None:
         if not as_json:
             brief = {k: v for k, v in res.items() if k != "errors" and not isinstance(v, list | dict)}
+            # Nested results that count rows (the datasets stage: one per kind) show their count.
+            brief.update({f"{k}_rows": v["rows"] for k, v in res.items() if isinstance(v, dict) and "rows" in v})
             console.print(f"[bold green]✓ {name}[/] " + ", ".join(f"{k}={v}" for k, v in brief.items()))
 
     if not as_json:
