@@ -56,8 +56,12 @@ class _JudgeActor:
     """One Ray actor: one model load, one store connection, many batches."""
 
     def __init__(self, store_url: str, config: dict[str, Any]) -> None:
+        import os
+
         from afterword.judge.hindsight import HindsightJudge
 
+        # Ray gives each actor one CPU: one ONNX thread, unless the operator says otherwise.
+        os.environ.setdefault("AFTERWORD_EMBED_THREADS", "1")
         self.store = open_worker_store(store_url)
         self.config = JudgeConfig(**config)
         self.judge = HindsightJudge(self.config)
