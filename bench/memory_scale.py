@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=16)
     ap.add_argument("--sqlite-vec-max", type=int, default=100_000, help="Largest size to run sqlite-vec at.")
     ap.add_argument("--store-max", type=int, default=100_000, help="Largest size to run the full store path at.")
+    ap.add_argument("--store-index", default="auto", choices=["auto", "numpy"], help="Vector index of the store path.")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "memory_scale.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -37,6 +38,7 @@ def main() -> None:
         nprobe=args.nprobe,
         sqlite_vec_max=args.sqlite_vec_max,
         store_max=args.store_max,
+        store_index=args.store_index,
         log=(lambda s: None) if args.json else print,
     )
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -16,7 +16,9 @@ Measured, each with p50/p95 over the same queries:
   with its recall@10 against the exact top 10;
 - ``sqlite-vec``: a ``vec0`` table (brute force in C), where asked;
 - ``store-hybrid``: the full :func:`~afterword.memory.retrieval.retrieve` on a
-  SQLite store (sqlite-vec + FTS5 + row fetch + scoring), where asked.
+  SQLite store (vector index + FTS5 + row fetch + scoring), where asked; the
+  vector index is sqlite-vec (``store_index="auto"``) or the in-process
+  numpy IVF (``"numpy"``).
 
 Query embedding time is reported apart (it does not grow with the corpus).
 Beside wall-clock p50/p95, ``cpu_p*_ms`` is the querying thread's CPU time
@@ -95,6 +97,7 @@ def run_scale_bench(
     nprobe: int = 16,
     sqlite_vec_max: int = 100_000,
     store_max: int = 100_000,
+    store_index: str = "auto",
     k: int = 10,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -144,8 +147,8 @@ def run_scale_bench(
             res["sqlite-vec"] = _sqlite_vec(vecs, qvecs, k)
             log(f"n={n:,}: sqlite-vec {res['sqlite-vec']}")
         if n <= store_max:
-            res["store-hybrid"] = _store_hybrid(vecs, corpus, qvecs, qtexts, k)
-            log(f"n={n:,}: store-hybrid (retrieve on SQLite: sqlite-vec + FTS5) {res['store-hybrid']}")
+            res["store-hybrid"] = _store_hybrid(vecs, corpus, qvecs, qtexts, k, store_index)
+            log(f"n={n:,}: store-hybrid (retrieve on SQLite, {store_index} vectors + FTS5) {res['store-hybrid']}")
         out["sizes"][str(n)] = res
     return out
 
@@ -179,8 +182,11 @@ def _sqlite_vec(vecs: np.ndarray, qvecs: np.ndarray, k: int) -> dict[str, Any]:
     return {**_p(times), "load_s": round(load_s, 1)}
 
 
-def _store_hybrid(vecs: np.ndarray, corpus: list[str], qvecs: np.ndarray, qtexts: list[str], k: int) -> dict[str, Any]:
+def _store_hybrid(
+    vecs: np.ndarray, corpus: list[str], qvecs: np.ndarray, qtexts: list[str], k: int, index: str = "auto"
+) -> dict[str, Any]:
     from afterword.memory.control import add_memories
+    from afterword.memory.memory_config import MemoryConfig
     from afterword.memory.retrieval import retrieve
     from afterword.records import Memory
     from afterword.store.store import Store
@@ -190,9 +196,10 @@ def _store_hybrid(vecs: np.ndarray, corpus: list[str], qvecs: np.ndarray, qtexts
         t0 = time.perf_counter()
         for s in range(0, len(vecs), 20_000):
             mems = [Memory(kind="fact", scope="global", text=corpus[i]) for i in range(s, min(s + 20_000, len(vecs)))]
-            add_memories(store, mems, vectors=vecs[s : s + len(mems)])
+            add_memories(store, mems, vectors=vecs[s : s + len(mems)], index=index)
         load_s = time.perf_counter() - t0
-        retrieve(store, qtexts[0], k=k, query_vec=qvecs[0])  # warm the connection and caches
-        times, _ = _lat(lambda q: retrieve(store, qtexts[q], k=k, query_vec=qvecs[q]), len(qvecs))
+        cfg = MemoryConfig(index=index)  # type: ignore[arg-type]
+        retrieve(store, qtexts[0], k=k, query_vec=qvecs[0], config=cfg)  # warm: connections, in-process index
+        times, _ = _lat(lambda q: retrieve(store, qtexts[q], k=k, query_vec=qvecs[q], config=cfg), len(qvecs))
         store.close()
-    return {**_p(times), "load_s": round(load_s, 1)}
+    return {**_p(times), "load_s": round(load_s, 1), "vector_index": index}
