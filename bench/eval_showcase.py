@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -132,7 +133,7 @@ def screenshots(store: Store, report: Path) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(sample_path()), help="log file to import (default: the shipped sample)")
-    ap.add_argument("--db", default=str(RESULTS / "eval_showcase.db"), help="store (recreated)")
+    ap.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "eval_showcase.db"), help="store (recreated)")
     ap.add_argument("--limit", type=int, default=8, help="suite items")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--no-screenshots", action="store_true")

@@ -25,7 +25,7 @@ from afterword.evals import (
     run_eval,
     suite_message_ids,
 )
-from afterword.evals.scoring import numbers_recall, reference_match, token_f1
+from afterword.evals.scoring import numbers_in, numbers_recall, reference_match, token_f1
 from afterword.evals.stage import stage
 from afterword.records import Conversation, Evidence, Judgment, Message
 from afterword.ui.review import set_label
@@ -146,6 +146,7 @@ def test_scorers():
     assert numbers_recall("It is 3.1 km", "5 miles is 8.05 km", "5 miles?") == 0.0
     assert numbers_recall("8.05 km", "5 miles is 8.05 km", "5 miles?") == 1.0
     assert numbers_recall("anything", "no numbers here") is None
+    assert numbers_in("8.050 km, or 8,05; and 3") == {"8.05", "3"}
     wrong = reference_match("5 miles is 3.1 kilometres.", "5 miles is about 8.05 kilometres.", 0.9, "5 miles?")
     right = reference_match("About 8.05 kilometres.", "5 miles is about 8.05 kilometres.", 0.9, "5 miles?")
     assert wrong["reference"] == 0.0 < right["reference"]

@@ -174,6 +174,12 @@ def test_review_in_browser(store, browser, tmp_path):
         fbs = [f for f in store.feedback_for_messages([target]) if f.kind == "correction" and f.source == "reviewer"]
         assert fbs and fbs[0].correction == "Use my_list.reverse() or my_list[::-1]."
         assert _human(store, target).label == "dissatisfied"
+        try:  # the lesson is built at once when the memory stage is part of the build
+            from afterword.memory.control import list_memories
+        except ImportError:
+            pass
+        else:
+            assert any(target in m.evidence_ids for m in list_memories(store) if m.kind == "lesson")
 
         # Filters: only dissatisfied items remain listed.
         page.fill("#f-q", "")

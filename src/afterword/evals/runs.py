@@ -17,9 +17,10 @@ model are two versions). Every output is scored by:
 The headline ``score`` of an item is the reference match when there is a
 reference, else the rubric grade, else how far the output is from the known
 bad response (1 − similarity). For items frozen from a known mistake,
-``repeat_mistake`` says whether the output still makes it: it is closer to
-the mistake than to the reference or states none of the reference's answer
-numbers, or (with no reference) the rubric judge
+``repeat_mistake`` says whether the output still makes it: it restates a
+number found only in the mistake (not in the reference or the request), or it
+is clearly closer to the mistake than to the reference (by more than
+``REPEAT_MARGIN`` cosine), or (with no reference) the rubric judge
 fails it, or it nearly restates the mistake (similarity ≥ 0.85).
 
 Runs and per-item results are stored (``eval_runs``, ``eval_results``).
@@ -37,7 +38,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from afterword.errors import AfterwordError, NotFoundError
-from afterword.evals.scoring import reference_match, rubric_score, similarities
+from afterword.evals.scoring import numbers_in, reference_match, rubric_score, similarities
 from afterword.evals.suites import Suite, SuiteItem, get_suite
 from afterword.llm import LLMClient
 from afterword.records import stable_id, utcnow
@@ -47,6 +48,8 @@ from afterword.store.store import Store, aware
 __all__ = ["EvalRun", "EvalResult", "run_eval", "get_run", "list_runs", "PASS_THRESHOLD", "load_reward_scorer"]
 
 PASS_THRESHOLD = 0.5
+#: How much closer (cosine) to the mistake than to the reference an output must be to repeat it.
+REPEAT_MARGIN = 0.05
 _SAME_AS_MISTAKE = 0.85
 
 #: (contexts as OpenAI message lists, responses) -> one score per pair, higher is better.
@@ -243,7 +246,8 @@ def run_eval(
         repeat: bool | None = None
         if item.mistake and not err:
             if item.reference:
-                repeat = mis_sim > ref_sim or scores.get("reference_numbers") == 0.0
+                wrong = numbers_in(item.mistake) - numbers_in(item.reference) - numbers_in(item.request)
+                repeat = bool(wrong & numbers_in(out)) or mis_sim - ref_sim > REPEAT_MARGIN
             elif scores.get("rubric") is not None:
                 repeat = scores["rubric"] < PASS_THRESHOLD
             else:

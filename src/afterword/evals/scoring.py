@@ -24,6 +24,7 @@ __all__ = [
     "normalise",
     "token_f1",
     "numbers_recall",
+    "numbers_in",
     "reference_match",
     "similarities",
     "rubric_score",
@@ -62,7 +63,8 @@ def token_f1(prediction: str, reference: str) -> float:
 _NUM = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?")
 
 
-def _numbers(text: str) -> set[str]:
+def numbers_in(text: str) -> set[str]:
+    """The numbers in ``text``, decimals normalised ("8.050" and "8,05" -> "8.05")."""
     return {n.replace(",", ".").rstrip("0").rstrip(".") if "." in n or "," in n else n for n in _NUM.findall(text)}
 
 
@@ -74,10 +76,10 @@ def numbers_recall(prediction: str, reference: str, request: str = "") -> float 
     >>> numbers_recall("about 8.05 km", "5 miles is 8.05 km", "5 miles in km?")
     1.0
     """
-    key = _numbers(reference) - _numbers(request)
+    key = numbers_in(reference) - numbers_in(request)
     if not key:
         return None
-    return len(key & _numbers(prediction)) / len(key)
+    return len(key & numbers_in(prediction)) / len(key)
 
 
 def reference_match(prediction: str, reference: str, similarity: float, request: str = "") -> dict[str, float]:
