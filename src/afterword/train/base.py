@@ -64,19 +64,30 @@ def load_tokenizer(base: str | None = None) -> Any:
     return tok
 
 
-def load_model(base: str | None = None, *, dtype: Any = None) -> Any:
-    """The base as a causal LM in float32 (CPU) unless ``dtype`` says otherwise."""
+def load_model(base: str | None = None, *, dtype: Any = None, num_labels: int | None = None) -> Any:
+    """The base as a causal LM (or, with ``num_labels``, a sequence classifier) in float32 unless ``dtype`` says."""
     require("torch", "train")
     require("transformers", "train")
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder, gguf = resolve_base(base)
     kw: dict[str, Any] = {"dtype": dtype or torch.float32}
     if gguf:
         require("gguf", "train")
         kw["gguf_file"] = gguf
-    return AutoModelForCausalLM.from_pretrained(folder, **kw)
+    if num_labels is not None:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, **kw)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kw)
+    if gguf and getattr(model, "hf_quantizer", None) is not None:
+        # transformers de-quantises GGUF weights into ordinary float tensors but keeps the quantizer mark,
+        # which makes Trainer refuse to train; the quantizer's own method drops the mark.
+        model.hf_quantizer.remove_quantization_config(model)
+        for module in model.modules():
+            if hasattr(getattr(module, "config", None), "_is_quantized"):
+                module.config._is_quantized = False
+    return model
 
 
 def _cache_dir() -> Path:

@@ -29,7 +29,7 @@ from afterword.errors import ExportError, require
 from afterword.export import record_export
 from afterword.records import utcnow
 from afterword.store.store import Store
-from afterword.train.base import DEFAULT_BASE, default_device, load_model, load_tokenizer, resolve_base
+from afterword.train.base import DEFAULT_BASE, default_device, load_model, load_tokenizer
 
 __all__ = ["TRAIN_KINDS", "FinetuneResult", "load_training_data", "finetune"]
 
@@ -183,15 +183,7 @@ def finetune(
     device = device or default_device()
     tok = tokenizer or load_tokenizer(base)
     if model is None:
-        if kind == "reward":
-            from transformers import AutoModelForSequenceClassification
-
-            folder, gguf = resolve_base(base)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=1, dtype=torch.float32, **({"gguf_file": gguf} if gguf else {})
-            )
-        else:
-            model = load_model(base)
+        model = load_model(base, num_labels=1 if kind == "reward" else None)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     out_dir = Path(out)
