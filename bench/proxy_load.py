@@ -55,15 +55,17 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def load(base: str, rate: float, seconds: float, tag: str, conns: int) -> dict:
+    """Send ``rate`` requests/s for ``seconds``: a scheduler starts each request at its own tick, so the
+    number in flight is whatever the server's latency makes it (open loop); latency is send -> response."""
     lat: list[float] = []
     errors: dict[str, int] = {}
     ids: list[str] = []
     n = int(rate * seconds)
+    lag_ms: list[float] = []
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
 
-        async def one(i: int, at: float) -> None:
-            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        async def one(i: int) -> None:
             body = {
                 "model": "stub",
                 "user": f"{tag}-user{i % 50}",
@@ -83,15 +85,29 @@ async def load(base: str, rate: float, seconds: float, tag: str, conns: int) -> 
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
-        start = time.perf_counter() + 0.5
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(i, start + i / rate) for i in range(n)))
-        wall = time.perf_counter() - t0 - 0.5
+        tasks = []
+        t_start = time.perf_counter()
+        for i in range(n):
+            at = t_start + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                lag_ms.append(-delay * 1000)  # the generator itself fell behind its schedule
+            tasks.append(asyncio.create_task(one(i)))
+        done, pending = await asyncio.wait(tasks, timeout=60)
+        for task in pending:
+            task.cancel()
+        if pending:
+            errors["unfinished"] = len(pending)
+        wall = time.perf_counter() - t_start
     return {
         "sent": n,
         "ok": len(lat),
         "errors": errors,
         "achieved_rps": round(len(lat) / wall, 1),
+        "offered_rps": rate,
+        "generator_max_lag_ms": round(max(lag_ms), 1) if lag_ms else 0.0,
         "p50_ms": round(pct(lat, 0.50), 2),
         "p95_ms": round(pct(lat, 0.95), 2),
         "p99_ms": round(pct(lat, 0.99), 2),
