@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from afterword.memory.bench_repeat import run_repeat_mistake_bench
+from afterword.memory.bench_repeat import ITEMS, run_repeat_mistake_bench
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint", default=None, help="An OpenAI-compatible /v1 URL (default: start the local model).")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--items", type=int, default=None, help="Only the first N questions (CPU time).")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "repeat_mistake.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -32,7 +33,9 @@ def main() -> None:
         base_url, model = args.endpoint, args.model or "local"
     t0 = time.perf_counter()
     try:
-        res = run_repeat_mistake_bench(base_url, model, log=(lambda s: None) if args.json else print)
+        res = run_repeat_mistake_bench(
+            base_url, model, items=ITEMS[: args.items], log=(lambda s: None) if args.json else print
+        )
     finally:
         if server is not None:
             server.stop()

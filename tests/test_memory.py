@@ -293,3 +293,14 @@ def test_public_names():
     from afterword.memory.stage import stage
 
     assert callable(stage) and callable(mem.run_locomo_bench)
+
+
+def test_lessons_follow_parent_links_when_a_session_repeats(store):
+    # One session id, independent one-turn requests: positions repeat, parents do not.
+    for q, a, right in (("What is 7 times 8?", "54", "56"), ("Capital of Peru?", "Cusco", "Lima")):
+        conv = store.add_conversation(_conv("u1", ("user", q), ("assistant", a), session="same-session"))
+        mid = next(m.id for m in store.get_conversation(conv.id).messages if m.content == a)
+        store.add_feedback(Feedback(kind="correction", message_id=mid, correction=right))
+    build_memories(store)
+    got = {m.right: m.situation for m in list_memories(store, kind="lesson")}
+    assert got == {"56": "What is 7 times 8?", "Lima": "Capital of Peru?"}

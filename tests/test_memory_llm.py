@@ -29,7 +29,8 @@ def _corrected(store):
 
 def test_distill_with_local_model(store, llm):
     conv = _corrected(store)
-    lesson = lesson_from_correction(store.get_conversation(conv.id), conv.messages[1].id, "Canberra")
+    msg = conv.messages[1]
+    lesson = lesson_from_correction(msg, conv.messages[0].content, "Canberra", user_id="u1")
     assert lesson is not None
     rule = distill_rule(llm.client(), lesson)
     # A 135M model may or may not produce a usable rule; what comes back is either None or a validated rule.

@@ -131,7 +131,7 @@ def run_repeat_mistake_bench(
     *,
     items: list[tuple[str, str, tuple[str, ...]]] | None = None,
     unrelated: list[str] | None = None,
-    max_tokens: int = 40,
+    max_tokens: int = 32,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     import openai

@@ -24,11 +24,11 @@ import sqlalchemy as sa
 from afterword.llm import LLMClient
 from afterword.memory.control import add_memories, memory_id_for
 from afterword.memory.memory_config import MemoryConfig
-from afterword.records import Conversation, Memory
+from afterword.records import Memory, Message
 from afterword.store import schema as t
 from afterword.store.store import Store
 
-__all__ = ["lesson_from_correction", "lesson_from_judgment", "distill_rule", "build_lessons", "shorten"]
+__all__ = ["lesson_from_correction", "lesson_from_judgment", "context_of", "distill_rule", "build_lessons", "shorten"]
 
 log = logging.getLogger("afterword.memory")
 
@@ -44,24 +44,46 @@ def shorten(text: str | None, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _around(conv: Conversation, message_id: str) -> tuple[str, str | None]:
-    """The user request a message answered, and the user's next message (if any)."""
-    pos = next((i for i, m in enumerate(conv.messages) if m.id == message_id), None)
-    if pos is None:
-        return "", None
-    before = next((m.content for m in reversed(conv.messages[:pos]) if m.role == "user"), "")
-    after = next((m.content for m in conv.messages[pos + 1 :] if m.role == "user"), None)
-    return before, after
+def context_of(store: Store, message_id: str) -> tuple[str, str | None]:
+    """The user request a message answered and the user's reply to it, followed along ``parent_id``.
+
+    The parent chain, not the position in the conversation: when an app sends
+    independent one-turn requests under one session id, positions repeat and
+    only the parent links say which question a response answered.
+    """
+    m = t.messages
+    before = ""
+    with store.read() as conn:
+        pid = conn.execute(sa.select(m.c.parent_id).where(m.c.id == message_id)).scalar()
+        for _ in range(50):
+            if not pid:
+                break
+            r = conn.execute(sa.select(m.c.role, m.c.content, m.c.parent_id).where(m.c.id == pid)).first()
+            if r is None:
+                break
+            if r.role == "user":
+                before = r.content
+                break
+            pid = r.parent_id
+        nxt = conn.execute(
+            sa.select(m.c.content).where(m.c.parent_id == message_id, m.c.role == "user").limit(1)
+        ).scalar()
+    return before, nxt
 
 
 def lesson_from_correction(
-    conv: Conversation, message_id: str, correction: str, *, scope: str = "user", source: str = "user"
+    msg: Message,
+    situation: str,
+    correction: str,
+    *,
+    user_id: str | None,
+    conversation_id: str | None = None,
+    scope: str = "user",
+    source: str = "user",
 ) -> Memory | None:
-    """A lesson from a correction of one assistant message in ``conv``."""
-    msg = next((m for m in conv.messages if m.id == message_id), None)
-    if msg is None or not correction.strip():
+    """A lesson from a correction of the assistant message ``msg``, which answered ``situation``."""
+    if not correction.strip():
         return None
-    situation, _ = _around(conv, message_id)
     situation = situation or msg.content
     text = (
         f'Correction from an earlier conversation: to "{shorten(situation, 160)}" the correct answer is '
@@ -69,26 +91,29 @@ def lesson_from_correction(
     )
     return Memory(
         kind="lesson",
-        scope="global" if source == "reviewer" or not conv.user_id else scope,
-        user_id=conv.user_id,
+        scope="global" if source == "reviewer" or not user_id else scope,
+        user_id=user_id,
         text=text,
         situation=shorten(situation, 1000),
         wrong=shorten(msg.content, 1000),
         right=correction.strip(),
-        evidence_ids=[message_id],
-        metadata={"source": "correction", "conversation_id": conv.id, "by": source},
+        evidence_ids=[msg.id] if msg.id else [],
+        metadata={"source": "correction", "conversation_id": conversation_id, "by": source},
     )
 
 
 def lesson_from_judgment(
-    conv: Conversation, message_id: str, *, scope: str = "user", source: str = ""
+    msg: Message,
+    situation: str,
+    after: str | None,
+    *,
+    user_id: str | None,
+    conversation_id: str | None = None,
+    scope: str = "user",
+    source: str = "",
 ) -> Memory | None:
-    """A lesson from a response judged dissatisfied; the follow-up is the right answer when it corrects."""
-    msg = next((m for m in conv.messages if m.id == message_id), None)
-    if msg is None or msg.role != "assistant":
-        return None
-    situation, after = _around(conv, message_id)
-    if not situation:
+    """A lesson from a response judged dissatisfied; the user's reply is the right answer when it corrects."""
+    if msg.role != "assistant" or not situation:
         return None
     right = after.strip() if after and _CORRECTIVE.search(after) else None
     if right:
@@ -103,14 +128,14 @@ def lesson_from_judgment(
         )
     return Memory(
         kind="lesson",
-        scope=scope if conv.user_id else "global",
-        user_id=conv.user_id,
+        scope=scope if user_id else "global",
+        user_id=user_id,
         text=text,
         situation=shorten(situation, 1000),
         wrong=shorten(msg.content, 1000),
         right=right,
-        evidence_ids=[message_id],
-        metadata={"source": f"judgment:{source}", "conversation_id": conv.id},
+        evidence_ids=[msg.id] if msg.id else [],
+        metadata={"source": f"judgment:{source}", "conversation_id": conversation_id},
     )
 
 
@@ -163,42 +188,43 @@ def _judged_dissatisfied(store: Store, cfg: MemoryConfig) -> list[tuple[str, str
     ]
 
 
+def _user_of(store: Store, message_id: str) -> str | None:
+    with store.read() as conn:
+        return conn.execute(sa.select(t.messages.c.user_id).where(t.messages.c.id == message_id)).scalar()
+
+
 def build_lessons(
     store: Store, config: MemoryConfig | None = None, llm: LLMClient | None = None, user_id: str | None = None
 ) -> dict[str, int]:
     """Build lessons from every correction and confident dissatisfied judgment; returns counts."""
     cfg = config or MemoryConfig()
-    convs: dict[str, Conversation] = {}
-
-    def conv_of(cid: str) -> Conversation:
-        if cid not in convs:
-            convs[cid] = store.get_conversation(cid)
-        return convs[cid]
-
     lessons: list[Memory] = []
     corrected: set[str] = set()
     for fb, msg, cid in store.corrections(user_id=user_id):
         if not msg.id or not fb.correction:
             continue
-        lesson = lesson_from_correction(conv_of(cid), msg.id, fb.correction, scope=cfg.lesson_scope, source=fb.source)
+        situation, _ = context_of(store, msg.id)
+        uid = fb.user_id or _user_of(store, msg.id)
+        lesson = lesson_from_correction(
+            msg, situation, fb.correction, user_id=uid, conversation_id=cid, scope=cfg.lesson_scope, source=fb.source
+        )
         if lesson is not None:
             lessons.append(lesson)
             corrected.add(msg.id)
     n_corr = len(lessons)
-    judged = [(mid, src) for mid, src in _judged_dissatisfied(store, cfg) if mid not in corrected]
-    if judged:
-        with store.read() as conn:
-            q = sa.select(t.messages.c.id, t.messages.c.conversation_id, t.messages.c.user_id).where(
-                t.messages.c.id.in_([m for m, _ in judged])
-            )
-            where = {r.id: r for r in conn.execute(q)}
-        for mid, src in judged:
-            r = where.get(mid)
-            if r is None or (user_id and r.user_id != user_id):
-                continue
-            lesson = lesson_from_judgment(conv_of(r.conversation_id), mid, scope=cfg.lesson_scope, source=src)
-            if lesson is not None:
-                lessons.append(lesson)
+    for mid, src in _judged_dissatisfied(store, cfg):
+        if mid in corrected:
+            continue
+        msg, cid = store.get_message(mid)
+        uid = _user_of(store, mid)
+        if user_id and uid != user_id:
+            continue
+        situation, after = context_of(store, mid)
+        lesson = lesson_from_judgment(
+            msg, situation, after, user_id=uid, conversation_id=cid, scope=cfg.lesson_scope, source=src
+        )
+        if lesson is not None:
+            lessons.append(lesson)
     found = len(lessons)
     with store.read() as conn:
         ids = [memory_id_for(x) for x in lessons]
