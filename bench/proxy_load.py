@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--out", default=str(HERE / "results" / "proxy_load.json"))
     args = ap.parse_args()
+    # `timeout` sends SIGTERM: turn it into an exception so the servers and PostgreSQL are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     import pgserver
     import sqlalchemy as sa
 
