@@ -488,7 +488,7 @@ def test_cli_dataset_build_and_list(filled, tmp_path):
         r = CliRunner().invoke(app, ["--db", store.url, "dataset", "list", "--json"])
         assert r.exit_code == 0, r.output
         listed = json.loads(r.output.strip().splitlines()[-1])
-        assert listed[0]["stale"] and "u1" in listed[0]["stale_reason"]
+        assert listed[0]["stale"] and "forgotten" in listed[0]["stale_reason"]
         r = CliRunner().invoke(
             app,
             [
