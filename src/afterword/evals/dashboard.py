@@ -71,7 +71,7 @@ def memory_usefulness(store: Store, top: int = 10) -> dict[str, Any]:
     m, inj = t.memories, t.memory_injections
     with store.read() as conn:
         rows = conn.execute(
-            sa.select(m.c.id, m.c.kind, m.c.text, m.c.uses, m.c.helpful, m.c.harmful, m.c.usefulness)
+            sa.select(m.c.id, m.c.kind, m.c.text, m.c.situation, m.c.uses, m.c.helpful, m.c.harmful, m.c.usefulness)
             .where(m.c.active.is_(True))
             .order_by(m.c.usefulness.desc(), m.c.uses.desc())
         ).all()
@@ -85,6 +85,7 @@ def memory_usefulness(store: Store, top: int = 10) -> dict[str, Any]:
                 "id": r.id,
                 "kind": r.kind,
                 "text": r.text,
+                "situation": r.situation,
                 "uses": r.uses,
                 "helpful": r.helpful,
                 "harmful": r.harmful,
@@ -176,10 +177,14 @@ def _plot_memory(mem: dict[str, Any]) -> str | None:
     if not mem["top"]:
         return None
     fig, ax = _figure(7, 0.5 + 0.35 * len(mem["top"]))
-    top = mem["top"][::-1]
-    ax.barh([x["text"][:40] for x in top], [x["usefulness"] for x in top], color="#1565c0")
+    rows = mem["top"][::-1]  # barh draws the first row at the bottom: the best goes on top
+    # Lessons share a stock opening; the situation (the request that triggers them) tells them apart.
+    names = [f"{len(rows) - k}. {(x['situation'] or x['text'])[:38]}" for k, x in enumerate(rows)]
+    ax.barh(names, [x["usefulness"] for x in rows], color="#1565c0")
+    ax.axvline(0, color="#999", lw=0.8)
     ax.set_xlabel("usefulness (credited helpful − harmful)")
-    ax.set_title(f"Memory usefulness ({mem['memories']} active, {mem['injections']} injections)")
+    credited = "" if any(x["uses"] for x in rows) else "; none injected and credited yet"
+    ax.set_title(f"Memory usefulness ({mem['memories']} active, {mem['injections']} injections{credited})")
     return _png(fig)
 
 

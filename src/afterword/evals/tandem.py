@@ -305,15 +305,9 @@ def _ai_wrong(store: Store, task: TandemTask, now: datetime) -> None:
             created_utc=now,
         )
     )
-    try:
-        from afterword.memory.control import add_memories
-        from afterword.memory.lessons import lesson_from_correction
-    except ImportError:
-        return
-    _msg, cid = store.get_message(task.message_id or "")
-    mem = lesson_from_correction(store.get_conversation(cid), task.message_id or "", better, source="reviewer")
-    if mem is not None:
-        add_memories(store, [mem])
+    from afterword.ui.review import build_lesson
+
+    build_lesson(store, task.message_id or "", better, source="tandem")
 
 
 def _coach(store: Store, task: TandemTask, now: datetime) -> None:

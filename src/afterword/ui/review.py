@@ -43,6 +43,7 @@ __all__ = [
     "set_label",
     "correct",
     "add_review_item",
+    "build_lesson",
     "LABEL_SCORES",
 ]
 
@@ -285,20 +286,29 @@ def correct(store: Store, message_id: str, text: str, reviewer: str = "reviewer"
     return {
         "message_id": message_id,
         "feedback_id": fid,
-        "lesson_id": _lesson(store, cid, message_id, text),
+        "lesson_id": build_lesson(store, message_id, text),
         "reviewer": reviewer,
     }
 
 
-def _lesson(store: Store, conversation_id: str, message_id: str, text: str) -> str | None:
-    """Build the lesson now when the memory stage is installed; else it is built from the record later."""
+def build_lesson(store: Store, message_id: str, correction: str, source: str = "reviewer") -> str | None:
+    """Build and store the lesson of a correction now, when :mod:`afterword.memory` is installed.
+
+    Returns the memory id, or None when memory is not part of the build or its lesson
+    builder has another shape (the memory stage then builds the lesson from the record).
+    """
     try:
         from afterword.memory.control import add_memories
-        from afterword.memory.lessons import lesson_from_correction
+        from afterword.memory.lessons import context_of, lesson_from_correction
     except ImportError:
         return None
-    mem = lesson_from_correction(store.get_conversation(conversation_id), message_id, text, source="reviewer")
+    msg, cid = store.get_message(message_id)
+    situation, _next = context_of(store, message_id)
+    user_id = store.get_conversation(cid).user_id
+    try:
+        mem = lesson_from_correction(msg, situation, correction, user_id=user_id, conversation_id=cid, source=source)
+    except TypeError:
+        return None
     if mem is None:
         return None
     return add_memories(store, [mem])[0]
-
