@@ -28,20 +28,18 @@ def _corrected(store):
 
 
 def test_distill_with_local_model(store, llm):
-    conv = _corrected(store)
-    msg = conv.messages[1]
-    lesson = lesson_from_correction(msg, conv.messages[0].content, "Canberra", user_id="u1")
-    assert lesson is not None
-    rule = distill_rule(llm.client(), lesson)
-    # A 135M model may or may not produce a usable rule; what comes back is either None or a validated rule.
-    assert rule is None or 8 <= len(rule) <= 300
+    _corrected(store)
     res = build_memories(store, MemoryConfig(), llm.client())
     assert res["llm"] is True and res["lessons_new"] == 1
     (mem,) = list_memories(store, kind="lesson")
-    # The structure is kept whatever the model said; the text is the rule when one was usable.
+    # A 135M model may or may not produce a usable rule; the structure is kept whatever it said,
+    # and the text is the validated rule when there was one.
     assert mem.right == "Canberra" and mem.situation == "What is the capital of Australia?"
-    assert mem.text.strip()
     assert bool(mem.metadata.get("distilled")) == (res["lessons_distilled"] == 1)
+    assert 8 <= len(mem.text) <= 300 if res["lessons_distilled"] else "Canberra" in mem.text
+    lesson = lesson_from_correction(Message(role="assistant", content="Sydney."), "", "Canberra", user_id="u1")
+    assert lesson is not None and lesson.situation == "Sydney."  # no question found: the response stands in
+    assert distill_rule is not None
 
 
 def test_llm_extraction_is_validated(llm):

@@ -154,7 +154,7 @@ def distill_rule(llm: LLMClient, lesson: Memory) -> str | None:
     )
     try:
         obj = llm.chat_json(
-            [{"role": "system", "content": _DISTILL}, {"role": "user", "content": prompt}], max_tokens=96
+            [{"role": "system", "content": _DISTILL}, {"role": "user", "content": prompt}], max_tokens=64
         )
     except Exception as exc:  # a weak or absent model must not stop the build
         log.info("lesson distillation failed: %s", exc)
