@@ -175,9 +175,18 @@ def main() -> None:
         while stored() < len(ids) and time.monotonic() < end:
             time.sleep(0.5)
         with store.read() as conn:
+            # Requests logged at all: includes ones the upstream answered after the client gave up.
             proxy_convs = conn.execute(
                 sa.select(sa.func.count()).select_from(t.messages).where(t.messages.c.content.like("proxy request %"))
             ).scalar()
+            dup_q = (
+                sa.select(t.messages.c.content)
+                .where(t.messages.c.content.like("proxy request %"))
+                .group_by(t.messages.c.content)
+                .having(sa.func.count() > 1)
+                .subquery()
+            )
+            duplicates = conn.execute(sa.select(sa.func.count()).select_from(dup_q)).scalar()
         res.update(
             direct=direct,
             proxy=proxied,
@@ -185,9 +194,10 @@ def main() -> None:
             overhead_p95_ms=round(proxied["p95_ms"] - direct["p95_ms"], 2),
             successful_requests=len(ids),
             stored_logs=stored(),
-            stored_user_messages=int(proxy_convs or 0),
+            logged_requests=int(proxy_convs or 0),
+            logged_without_client_success=int(proxy_convs or 0) - len(set(ids)),
             lost_logs=len(ids) - stored(),
-            duplicate_logs=int(proxy_convs or 0) - len(set(ids)),
+            duplicate_logs=int(duplicates or 0),
         )
         store.close()
     finally:
