@@ -66,11 +66,17 @@ def pending_conversations(store: Store, *, since: datetime | None = None, window
                 s = aware(r.started_utc)
                 if r.user_id not in firsts or s < firsts[r.user_id]:
                     firsts[r.user_id] = s  # type: ignore[assignment]
-        for uid, first in firsts.items():
-            earlier = conn.execute(
-                sa.select(c.c.id).where(c.c.user_id == uid, c.c.started_utc >= first - window, c.c.started_utc < first)
-            ).scalars()
-            ids.update(earlier)
+        # One query per chunk of users (not per user): this runs over every pending user at scale.
+        users = list(firsts)
+        for i in range(0, len(users), 500):
+            for r in conn.execute(
+                sa.select(c.c.id, c.c.user_id, c.c.started_utc).where(
+                    c.c.user_id.in_(users[i : i + 500]), c.c.started_utc.is_not(None)
+                )
+            ):
+                first = firsts[r.user_id]
+                if first - window <= aware(r.started_utc) < first:  # type: ignore[operator]
+                    ids.add(r.id)
         order: list[tuple[float, str]] = []
         id_list = list(ids)
         for i in range(0, len(id_list), 900):
