@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from afterword.importers import run_import
+from afterword.importers.base import raise_errors
 from afterword.importers.uss import parse as parse_uss
 from afterword.pipeline import sample_path
 from afterword.records import Feedback
@@ -35,7 +36,7 @@ from afterword.train import RewardConfig, train_reward
 
 def _uss_conversations(path: str, limit: int | None) -> list[Any]:
     convs = []
-    for i, conv in enumerate(parse_uss(path)):
+    for i, conv in enumerate(raise_errors(parse_uss(path))):
         if limit and i >= limit:
             break
         fbs = []

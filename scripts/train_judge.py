@@ -30,6 +30,7 @@ import numpy as np
 
 from afterword.embed import MODEL_ID, get_embedder
 from afterword.importers import asap, uss
+from afterword.importers.base import raise_errors
 from afterword.judge.bench import metrics
 from afterword.judge.datasets import Example, asap_examples, uss_examples
 from afterword.judge.features import EmbeddingCache, build_features, context_at, feature_names
@@ -82,20 +83,26 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("valid", "test"):
             files[f"asap/{dom}/{split}_{dom}.txt"] = d / f"asap/{dom}/{split}_{dom}.txt"
 
-    held = {dom: [c for s in ("valid", "test") for c in asap.parse(files[f"asap/{dom}/{s}_{dom}.txt"])]
-            for dom in ("mwoz", "sgd")}
-    train_convs = {name: list(uss.train_split(files[f"uss/{name}.txt"], held[name.lower()]))
-                   for name in ("MWOZ", "SGD")}
+    held = {
+        dom: [c for s in ("valid", "test") for c in raise_errors(asap.parse(files[f"asap/{dom}/{s}_{dom}.txt"]))]
+        for dom in ("mwoz", "sgd")
+    }
+    train_convs = {
+        name: list(uss.train_split(files[f"uss/{name}.txt"], held[name.lower()])) for name in ("MWOZ", "SGD")
+    }
     train = [e for convs in train_convs.values() for e in uss_examples(convs)]
     valid = [e for dom in ("mwoz", "sgd") for e in asap_examples(files[f"asap/{dom}/valid_{dom}.txt"])]
     tests = {f"asap_{dom}_test": list(asap_examples(files[f"asap/{dom}/test_{dom}.txt"])) for dom in ("mwoz", "sgd")}
-    tests["uss_ccpe_heldout"] = list(uss_examples(uss.parse(files["uss/CCPE.txt"]), need_response=True))
+    tests["uss_ccpe_heldout"] = list(uss_examples(raise_errors(uss.parse(files["uss/CCPE.txt"])), need_response=True))
 
     emb = get_embedder()
     cache = EmbeddingCache(lambda texts: emb.encode(texts))
     X, y = featurise(train, cache)
-    print(f"train: {len(y)} examples from {sum(map(len, train_convs.values()))} dialogues, "
-          f"labels {np.bincount(y).tolist()}", file=sys.stderr)
+    print(
+        f"train: {len(y)} examples from {sum(map(len, train_convs.values()))} dialogues, "
+        f"labels {np.bincount(y).tolist()}",
+        file=sys.stderr,
+    )
 
     from sklearn import __version__ as sk_version
     from sklearn.linear_model import LogisticRegression
@@ -122,10 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         "version": VERSION,
         "command": "python scripts/train_judge.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data_sha256": {k: sha256(v) for k, v in files.items()},
-        "train": {"dialogues": {k: len(v) for k, v in train_convs.items()}, "examples": len(y),
-                  "labels": np.bincount(y, minlength=3).tolist()},
-        "head": {"kind": "logistic_regression", "C": C, "class_weight": "balanced",
-                 "class_bias": head.class_bias.round(2).tolist(), "n_features": X.shape[1]},
+        "train": {
+            "dialogues": {k: len(v) for k, v in train_convs.items()},
+            "examples": len(y),
+            "labels": np.bincount(y, minlength=3).tolist(),
+        },
+        "head": {
+            "kind": "logistic_regression",
+            "C": C,
+            "class_weight": "balanced",
+            "class_bias": head.class_bias.round(2).tolist(),
+            "n_features": X.shape[1],
+        },
         "features": feature_names()[384:] and "react_emb[384] + " + ", ".join(feature_names()[384:]),
         "embedder": MODEL_ID,
         "versions": {"sklearn": sk_version, "numpy": np.__version__, "python": sys.version.split()[0]},

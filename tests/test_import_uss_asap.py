@@ -6,6 +6,7 @@ import pytest
 
 from afterword.errors import ImportRecordError
 from afterword.importers import asap, uss
+from afterword.importers.base import raise_errors
 
 USS = (
     "USER\tI need a cheap hotel.\tHotel-Inform\t3,3,3\n"
@@ -78,7 +79,7 @@ def test_uss_errors_name_file_line_field(tmp_path, line, field, needle):
     p = tmp_path / "bad.txt"
     p.write_text("USER\tHello\t\t3,3\nSYSTEM\tHi\t\t\n" + line, encoding="utf-8")
     with pytest.raises(ImportRecordError) as info:
-        list(uss.parse(p))
+        list(raise_errors(uss.parse(p)))
     err = info.value
     assert (err.path, err.line, err.field) == (str(p), 3, field)
     assert needle in err.message
@@ -110,7 +111,7 @@ def test_asap_errors_name_file_line_field(tmp_path, line, field):
     p = tmp_path / "bad.txt"
     p.write_text(ASAP.splitlines(keepends=True)[0] + line, encoding="utf-8")
     with pytest.raises(ImportRecordError) as info:
-        list(asap.parse(p))
+        list(raise_errors(asap.parse(p)))
     assert (info.value.path, info.value.line, info.value.field) == (str(p), 2, field)
 
 
@@ -119,3 +120,22 @@ def test_train_split_drops_dialogues_seen_in_asap(uss_file, asap_file):
     kept = list(uss.train_split(uss_file, held))
     assert [c.external_id for c in kept] == ["uss:MWOZ:1"]
     assert len(list(uss.train_split(uss_file, []))) == 2
+
+
+def test_a_bad_line_is_yielded_and_the_rest_still_imports(tmp_path, store):
+    from afterword.importers import run_import
+
+    p = tmp_path / "mixed.txt"
+    p.write_text(
+        "USER\tHello\t\t3,3\nSYSTEM\tHi\t\t\nUSER\tthanks\t\t4,4\n\n"
+        "USER\tBroken\t\tx,y\nSYSTEM\tnever stored\t\t\n\n"
+        "USER\tAgain\t\t2,2\nSYSTEM\tOK\t\t\nUSER\tno!\t\t1,2\n",
+        encoding="utf-8",
+    )
+    counts = run_import(store, p, "uss")
+    assert counts.conversations == 2 and counts.skipped == 1
+    assert counts.errors[0]["line"] == 5 and counts.errors[0]["field"] == "ratings"
+    q = tmp_path / "mixed_asap.txt"
+    q.write_text("['a|||b', 'ok|||']\t[0, 0]\t1\n['a|||b', 'c']\t[0, 0]\t1\n['x|||y', 'fine|||']\t[0]\t2\n")
+    counts = run_import(store, q, "asap")
+    assert counts.conversations == 2 and counts.skipped == 1 and counts.errors[0]["line"] == 2

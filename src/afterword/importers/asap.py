@@ -72,11 +72,17 @@ def _example(path: str, stem: str, lineno: int, line: str) -> Conversation:
 
 
 def parse(path: str | Path) -> Iterator[Conversation]:
-    """Stream the examples of an ASAP split file, one Conversation each."""
+    """Stream the examples of an ASAP split file, one Conversation each.
+
+    A malformed line is yielded as an ImportRecordError in its place; reading goes on.
+    """
     path = str(path)
     stem = Path(path).stem
     with open(path, "rb") as fh:  # decoded line by line: bad UTF-8 is a clear ImportRecordError
         for lineno, line in enumerate(decoded_lines(path, fh), start=1):
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
-                yield _example(path, stem, lineno, line)
+                try:
+                    yield _example(path, stem, lineno, line)
+                except ImportRecordError as exc:  # yielded, so the import goes on with the next line
+                    yield exc  # type: ignore[misc]

@@ -16,7 +16,7 @@ from typing import Any
 
 from afterword.errors import ImportRecordError
 
-__all__ = ["read_jsonl", "decoded_lines", "parse_time", "field", "RecordError"]
+__all__ = ["raise_errors", "read_jsonl", "decoded_lines", "parse_time", "field", "RecordError"]
 
 
 class RecordError(Exception):
@@ -98,3 +98,11 @@ def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], path: s
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise RecordError(path, f"expected {want}, got {type(v).__name__}")
     return v
+
+
+def raise_errors(items: Iterator[Any]) -> Iterator[Any]:
+    """Pass a parser's records through, raising its first ImportRecordError (for clean benchmark data)."""
+    for item in items:
+        if isinstance(item, ImportRecordError):
+            raise item
+        yield item

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from afterword.errors import ImportRecordError
-from afterword.importers.base import decoded_lines
+from afterword.importers.base import decoded_lines, raise_errors
 from afterword.records import Conversation, Message
 
 __all__ = ["parse", "rating_label", "dialogue_key", "train_split"]
@@ -74,39 +74,60 @@ def _conversation(path: str, stem: str, index: int, first_line: int, rows: list[
 
 
 def parse(path: str | Path) -> Iterator[Conversation]:
-    """Stream the dialogues of a USS file, one Conversation each."""
+    """Stream the dialogues of a USS file, one Conversation each.
+
+    A malformed line is yielded as an ImportRecordError and the rest of its dialogue is skipped.
+    """
     path = str(path)
     stem = Path(path).stem
     rows: list[tuple] = []
     first_line = 0
     index = 0
+    bad = False  # the current dialogue had a bad line: skip the rest of it
     with open(path, "rb") as fh:  # decoded line by line: bad UTF-8 is a clear ImportRecordError
-        for lineno, line in enumerate(decoded_lines(path, fh), start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                if rows:
-                    yield _conversation(path, stem, index, first_line, rows)
-                    index += 1
-                    rows = []
-                continue
-            fields = line.split("\t")
-            if len(fields) != 4:
-                raise ImportRecordError(path, lineno, None, f"expected 4 tab-separated fields, got {len(fields)}")
-            role, text, action, raw = fields
-            if role not in _ROLES:
-                raise ImportRecordError(path, lineno, "role", f"expected USER or SYSTEM, got {role!r}")
-            ratings = None
-            if role == "USER":
-                if not raw.strip():
-                    raise ImportRecordError(path, lineno, "ratings", "a USER line needs ratings")
-                ratings = _ratings(path, lineno, raw.strip())
-            elif raw.strip():
-                raise ImportRecordError(path, lineno, "ratings", "a SYSTEM line carries no ratings")
-            if not rows:
-                first_line = lineno
-            rows.append((lineno, role, text, action, ratings))
-    if rows:
+        try:
+            for lineno, line in enumerate(decoded_lines(path, fh), start=1):
+                line = line.rstrip("\n").rstrip("\r")
+                if not line.strip():
+                    if rows and not bad:
+                        yield _conversation(path, stem, index, first_line, rows)
+                    if rows or bad:
+                        index += 1
+                    rows, bad = [], False
+                    continue
+                if bad:
+                    continue
+                try:
+                    row = _row(path, lineno, line)
+                except ImportRecordError as exc:  # yielded: the import goes on with the next dialogue
+                    bad = True
+                    yield exc  # type: ignore[misc]
+                    continue
+                if not rows:
+                    first_line = lineno
+                rows.append(row)
+        except ImportRecordError as exc:  # undecodable bytes: nothing after them can be trusted
+            yield exc  # type: ignore[misc]
+            return
+    if rows and not bad:
         yield _conversation(path, stem, index, first_line, rows)
+
+
+def _row(path: str, lineno: int, line: str) -> tuple:
+    fields = line.split("\t")
+    if len(fields) != 4:
+        raise ImportRecordError(path, lineno, None, f"expected 4 tab-separated fields, got {len(fields)}")
+    role, text, action, raw = fields
+    if role not in _ROLES:
+        raise ImportRecordError(path, lineno, "role", f"expected USER or SYSTEM, got {role!r}")
+    ratings = None
+    if role == "USER":
+        if not raw.strip():
+            raise ImportRecordError(path, lineno, "ratings", "a USER line needs ratings")
+        ratings = _ratings(path, lineno, raw.strip())
+    elif raw.strip():
+        raise ImportRecordError(path, lineno, "ratings", "a SYSTEM line carries no ratings")
+    return (lineno, role, text, action, ratings)
 
 
 def _norm(text: str) -> str:
@@ -141,7 +162,7 @@ def train_split(uss_path: str | Path, exclude: Iterable[Conversation]) -> Iterat
     for c in exclude:
         held.add(dialogue_key((m.role, m.content) for m in c.messages))
         openings.add(dialogue_key((m.role, m.content) for m in c.messages[:2]))
-    for conv in parse(uss_path):
+    for conv in raise_errors(parse(uss_path)):
         # A few ASAP turns differ from USS in spelling, so an equal opening
         # exchange also holds a dialogue out: this errs towards excluding.
         if dialogue_key((m.role, m.content) for m in conv.messages[:2]) in openings:

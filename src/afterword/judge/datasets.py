@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from afterword.importers import asap, uss
+from afterword.importers.base import raise_errors
 from afterword.records import Conversation
 
 __all__ = ["Example", "asap_examples", "uss_examples", "detect_format", "load_examples"]
@@ -44,7 +45,7 @@ class Example:
 
 def asap_examples(path: str | Path) -> Iterator[Example]:
     """Each ASAP line: the last message is the rated reaction."""
-    for conv in asap.parse(path):
+    for conv in raise_errors(asap.parse(path)):
         yield Example(conv, len(conv.messages) - 1, int(conv.metadata["label"]))
 
 
@@ -75,7 +76,7 @@ def load_examples(paths: Iterable[str | Path], fmt: str | None = None, *, need_r
         if f == "asap":
             out += asap_examples(p)
         elif f == "uss":
-            out += uss_examples(uss.parse(p), need_response=need_response)
+            out += uss_examples(raise_errors(uss.parse(p)), need_response=need_response)
         else:
             raise ValueError(f"unknown format {f!r}; expected 'asap' or 'uss'")
     return out
