@@ -312,11 +312,7 @@ def test_forget_leaves_nothing_anywhere(tmp_path):
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
     leaks = sorted({(name, col, n) for name, col, v in _all_cells(db) for n in needles if n.encode() in v})
-    # Known gap, owned by the memory index (afterword/memory/index.py): its FTS and sqlite-vec tables keep the
-    # forgotten user's memory text and owner partition. Reported as an expected failure so that any other
-    # leak still fails hard, and so that the fix turns this test green on its own.
-    index_only = all(name.startswith(("memory_search", "memory_vec", "memory_fts")) for name, _c, _n in leaks)
-    assert not leaks or index_only, f"forgotten user still present: {leaks[:10]}"
+    assert not leaks, f"forgotten user still present: {leaks[:10]}"
     # Declared tables, through SQLAlchemy as well (covers PostgreSQL-shaped reads of the same schema).
     store = Store(str(db))
     with store.read() as conn:
@@ -336,8 +332,6 @@ def test_forget_leaves_nothing_anywhere(tmp_path):
     )
     assert uid not in json.dumps(out.messages)
     store.close()
-    if leaks:
-        pytest.xfail(f"memory index keeps the forgotten user: {leaks}")
 
 
 @pytest.mark.pg

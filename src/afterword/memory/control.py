@@ -253,5 +253,8 @@ def forget_memories(store: Store, memory_ids: list[str]) -> None:
     """Remove memories from the index (``store.search.forget_user`` already deleted their rows)."""
     if not memory_ids:
         return
+    # Open the index before the transaction: opening it may write (CREATE VIRTUAL TABLE) on a fresh
+    # connection, which would wait on this transaction's lock and fall back to an index that sees nothing.
+    index = get_index(store)
     with store.write() as conn:
-        get_index(store).remove(conn, memory_ids)
+        index.remove(conn, memory_ids)
