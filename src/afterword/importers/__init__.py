@@ -73,7 +73,7 @@ def run_import(
     fmt: str = "auto",
     *,
     strict: bool = False,
-    batch_size: int = 10000,
+    batch_size: int = 25000,
     progress: Callable[[int], None] | None = None,
     max_errors_kept: int = 1000,
 ) -> ImportCounts:
