@@ -177,6 +177,8 @@ def test_explicit_feedback_overrides(judge, fb, label, signal):
     [j] = judge.judge_conversation(thanks)
     assert j.label == label and j.confidence == 1.0
     assert j.evidence[0].signal == signal and j.evidence[0].message_id == "m1"
+    # The reaction's cues did not decide the label, so they are not shown as its evidence.
+    assert [e.signal for e in j.evidence] == [signal]
 
 
 def test_judge_many_matches_single_calls(judge):

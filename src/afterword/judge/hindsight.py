@@ -175,9 +175,10 @@ class HindsightJudge:
             confidence = _clip(confidence + 0.1 * abs(shift), 0.0, 1.0)
 
         if explicit is not None:
+            # Explicit feedback decides alone, so it is the only evidence shown: what was used.
             score, label, ev = explicit
             confidence = 1.0
-            evidence.insert(0, ev)
+            evidence = [ev]
         elif confidence < cfg.min_confidence:
             label = Label.neutral
 
