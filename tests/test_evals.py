@@ -185,6 +185,16 @@ def test_report_is_self_contained_and_escaped(store, tmp_path):
     assert not re.search(r'(src|href)="https?://', html)  # nothing fetched: works offline
 
 
+def test_report_redacts_quoted_text_unless_asked(store, tmp_path):
+    build_history(store)
+    _bad_pair(store, "my card is declined, mail me at jo.ortega@example.com", "try again later")
+    build_report(store, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert "jo.ortega@example.com" not in html and "&lt;EMAIL&gt;" in html
+    build_report(store, tmp_path / "raw.html", redact=False)
+    assert "jo.ortega@example.com" in (tmp_path / "raw.html").read_text()
+
+
 def test_stage_writes_the_report(store, tmp_path):
     build_history(store)
     out = stage(store, {"out_dir": tmp_path / "out"})

@@ -282,13 +282,14 @@ def report_cmd(
     run_a: str = typer.Option(None, "--a", help="Old eval run (default: the two newest runs of a suite)."),
     run_b: str = typer.Option(None, "--b", help="New eval run."),
     title: str = typer.Option("afterword report", help="Report title."),
+    redact: bool = typer.Option(True, "--redact/--no-redact", help="Scrub PII from quoted text (on by default)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write one self-contained HTML report with plots (works offline)."""
     from afterword.evals.report import build_report
 
     with guard(as_json), progress_bar("building report", None, not as_json):
-        res = build_report(open_store(), out, run_a=run_a, run_b=run_b, title=title)
+        res = build_report(open_store(), out, run_a=run_a, run_b=run_b, title=title, redact=redact)
     emit(res, as_json, lambda d: console.print(f"report written to [bold]{d['path']}[/] ({d['bytes']:,} bytes)"))
 
 

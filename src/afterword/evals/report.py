@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import html
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from afterword.evals.dashboard import dashboard
 from afterword.records import utcnow
+from afterword.redact import Redactor
 from afterword.store.store import Store
 
 __all__ = ["build_report", "render_report"]
@@ -37,8 +39,16 @@ img{max-width:100%;background:#fff;border:1px solid #e3e3e3;border-radius:6px}
 _VERDICT_CLASS = {"improved": "good", "regressed": "bad", "same": ""}
 
 
+#: Set while a redacted report renders: every text cell passes through it before escaping.
+_redactor: ContextVar[Redactor | None] = ContextVar("afterword_report_redactor", default=None)
+
+
 def _e(x: Any) -> str:
-    return html.escape("" if x is None else str(x))
+    text = "" if x is None else str(x)
+    red = _redactor.get()
+    if red is not None and isinstance(x, str):
+        text = red.redact(text)
+    return html.escape(text)
 
 
 def _pct(x: float | None) -> str:
@@ -192,13 +202,22 @@ def build_report(
     run_a: str | None = None,
     run_b: str | None = None,
     title: str = "afterword report",
+    redact: bool = True,
 ) -> dict[str, Any]:
-    """Write the report to ``out`` (atomically); returns a summary of what it holds."""
+    """Write the report to ``out`` (atomically); returns a summary of what it holds.
+
+    The report quotes user text, so it is redacted like every other export unless ``redact=False``.
+    """
     data = dashboard(store, run_a=run_a, run_b=run_b)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(render_report(data, title), encoding="utf-8")
+    token = _redactor.set(Redactor() if redact else None)
+    try:
+        page = render_report(data, title)
+    finally:
+        _redactor.reset(token)
+    tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     cmp = data["comparison"]
     return {
