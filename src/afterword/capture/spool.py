@@ -17,7 +17,7 @@ from pathlib import Path
 from afterword.records import Conversation
 from afterword.store.store import Store
 
-__all__ = ["Spool", "default_spool_path"]
+__all__ = ["Spool", "default_spool_path", "import_jsonl"]
 
 
 def default_spool_path() -> Path:
@@ -59,26 +59,32 @@ class Spool:
                         break
                     os.replace(self.path, work)  # new appends go to a fresh file meanwhile
                 n += self._replay_file(work, store, batch_size)
-                work.unlink()
             return n
 
     @staticmethod
     def _replay_file(work: Path, store: Store, batch_size: int) -> int:
-        n = 0
-        batch: list[Conversation] = []
-        with open(work, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    batch.append(Conversation.model_validate_json(line))
-                except ValueError:
-                    continue  # a torn last line from a crash mid-append
-                if len(batch) >= batch_size:
-                    store.import_conversations(batch, default_source="spool")
-                    n += len(batch)
-                    batch = []
-        if batch:
-            store.import_conversations(batch, default_source="spool")
-            n += len(batch)
+        n = import_jsonl(work, store, source="spool", batch_size=batch_size)
+        work.unlink()  # only once every record is in the store: a crash before this re-imports, idempotently
         return n
+
+
+def import_jsonl(path: Path, store: Store, *, source: str, batch_size: int = 500) -> int:
+    """Import every conversation in a spool or journal file; returns how many. Torn lines are skipped."""
+    n = 0
+    batch: list[Conversation] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                batch.append(Conversation.model_validate_json(line))
+            except ValueError:
+                continue  # a torn last line from a crash mid-append
+            if len(batch) >= batch_size:
+                store.import_conversations(batch, default_source=source)
+                n += len(batch)
+                batch = []
+    if batch:
+        store.import_conversations(batch, default_source=source)
+        n += len(batch)
+    return n

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from afterword.capture.spool import import_jsonl
 from afterword.records import Conversation
 from afterword.store.store import Store
 
@@ -112,22 +113,7 @@ def recover_journals(directory: str | Path, store: Store) -> int:
                 continue  # a live worker owns it
             if not path.exists():  # deleted by its owner just before it died, or by another recoverer
                 continue
-            batch: list[Conversation] = []
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    try:
-                        batch.append(Conversation.model_validate_json(line))
-                    except ValueError:
-                        continue  # a torn last line: that call's reply was never sent
-                    if len(batch) >= 500:
-                        store.import_conversations(batch, default_source="proxy")
-                        n += len(batch)
-                        batch = []
-            if batch:
-                store.import_conversations(batch, default_source="proxy")
-                n += len(batch)
+            n += import_jsonl(path, store, source="proxy")  # a torn last line: that reply was never sent
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)

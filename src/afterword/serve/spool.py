@@ -71,27 +71,5 @@ class SharedSpool(Spool):
                 n += self._replay_file(work, store, batch_size)
             return n
 
-    @staticmethod
-    def _replay_file(work: Path, store: Store, batch_size: int) -> int:
-        n = 0
-        batch: list[Conversation] = []
-        with open(work, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    batch.append(Conversation.model_validate_json(line))
-                except ValueError:
-                    continue  # a torn last line from a crash mid-append
-                if len(batch) >= batch_size:
-                    store.import_conversations(batch, default_source="spool")
-                    n += len(batch)
-                    batch = []
-        if batch:
-            store.import_conversations(batch, default_source="spool")
-            n += len(batch)
-        work.unlink()  # only once every record is in the store: a crash before this re-imports, idempotently
-        return n
-
     def has_pending(self) -> bool:
         return self.path.exists() or self.path.with_suffix(".replaying").exists()
