@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from afterword.records import stable_id, utcnow
+from afterword.records import Feedback, stable_id, utcnow
 from afterword.redact import Redactor
 from afterword.store import schema as t
 from afterword.store.store import Store
@@ -79,9 +79,9 @@ def export_jsonl(
     n = 0
     with open(tmp, "w", encoding="utf-8") as fh:
         for conv in store.iter_conversations(user_id=user_id, since=since, until=until):
-            by_msg: dict[str, list[dict[str, Any]]] = {}
+            by_msg: dict[str, list[Feedback]] = {}
             for fb in conv.feedback:
-                by_msg.setdefault(fb.message_id or "", []).append(fb)  # type: ignore[arg-type]
+                by_msg.setdefault(fb.message_id or "", []).append(fb)
             msgs, fbs = [], []
             for i, m in enumerate(conv.messages):
                 content = red.redact(m.content) if red else m.content
