@@ -15,7 +15,7 @@ from afterword.errors import ImportRecordError
 from afterword.export import export_jsonl
 from afterword.importers import FORMATS, detect_format, run_import
 from afterword.pipeline import run_pipeline, sample_path
-from afterword.store.search import forget_user, search
+from afterword.store.search import search
 
 
 def _count_lines(path: Path) -> int | None:
@@ -224,15 +224,10 @@ def forget_cmd(
     """Remove every trace of a user and mark datasets and models built from them as stale."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"Erase all data of user {user!r}?"):
         raise typer.Exit(1)
-    store = open_store()
+    from afterword.memory import forget_user_memories  # rows everywhere, then the memory index
+
     with guard(as_json):
-        res = forget_user(store, user)
-        try:
-            from afterword.memory import forget_memories  # the vector index, when memory exists
-        except ImportError:
-            pass
-        else:
-            forget_memories(store, res["memory_ids"])
+        res = forget_user_memories(open_store(), user)
     emit(
         res,
         as_json,
