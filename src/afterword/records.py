@@ -30,6 +30,7 @@ __all__ = [
     "Judgment",
     "Memory",
     "stable_id",
+    "feedback_kind",
     "utcnow",
 ]
 
@@ -121,6 +122,21 @@ class Message(_Record):
         if not isinstance(v, str):
             raise ValueError("content must be a string or a list of text parts")
         return v
+
+
+def feedback_kind(
+    *, thumbs: int | None, rating: float | None, comment: str | None, correction: str | None
+) -> FeedbackKind | None:
+    """The kind of a feedback event from the fields it carries (a correction outranks the rest)."""
+    if correction:
+        return FeedbackKind.correction
+    if thumbs is not None:
+        return FeedbackKind.thumbs
+    if rating is not None:
+        return FeedbackKind.rating
+    if comment:
+        return FeedbackKind.comment
+    return None
 
 
 class Feedback(_Record):

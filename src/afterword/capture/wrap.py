@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from afterword.capture.logger import CaptureLogger
-from afterword.records import Conversation, Feedback, FeedbackKind, Message, utcnow
+from afterword.records import Conversation, Feedback, Message, feedback_kind, utcnow
 from afterword.store.store import Store
 
 __all__ = ["wrap", "feedback", "Wrapped", "to_message"]
@@ -325,16 +325,8 @@ def feedback(
         from afterword.errors import StoreError
 
         raise StoreError("no store available for feedback")
-    kind = (
-        FeedbackKind.correction
-        if correction
-        else FeedbackKind.thumbs
-        if thumbs is not None
-        else FeedbackKind.rating
-        if rating is not None
-        else FeedbackKind.comment
-    )
-    if kind == FeedbackKind.comment and not comment:
+    kind = feedback_kind(thumbs=thumbs, rating=rating, comment=comment, correction=correction)
+    if kind is None:
         raise ValueError("feedback needs thumbs, rating, comment or correction")
     return st.add_feedback(
         Feedback(

@@ -19,7 +19,7 @@ from typing import Any
 
 from afterword.errors import ImportRecordError
 from afterword.importers.base import RecordError, field, parse_time, read_jsonl
-from afterword.records import Conversation, Feedback, FeedbackKind, Message
+from afterword.records import Conversation, Feedback, Message, feedback_kind
 
 __all__ = ["parse", "parse_record"]
 
@@ -126,17 +126,7 @@ def _feedback(fb: Any, j: int, msgs: list[Message]) -> Feedback:
         raise RecordError(f"{path}.rating", "expected a number from 1 to 5")
     correction = field(fb, "correction", str, f"{path}.correction")
     comment = field(fb, "comment", str, f"{path}.comment")
-    kind = (
-        FeedbackKind.correction
-        if correction
-        else FeedbackKind.thumbs
-        if thumbs is not None
-        else FeedbackKind.rating
-        if rating is not None
-        else FeedbackKind.comment
-        if comment
-        else None
-    )
+    kind = feedback_kind(thumbs=thumbs, rating=rating, comment=comment, correction=correction)
     if kind is None:
         raise RecordError(path, "needs one of thumbs, rating, comment, correction")
     ts = fb.get("timestamp")
