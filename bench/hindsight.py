@@ -24,8 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", nargs="+", default=None, help="training files for the baselines")
     ap.add_argument("--name", default=None, help="result name (default: the first file's stem)")
     ap.add_argument("--endpoint", default=None, help="OpenAI-compatible endpoint for an LLM-judge baseline")
+    ap.add_argument("--llm-model", default=None, help="model name for --endpoint (default: the first it lists)")
+    ap.add_argument("--llm-limit", type=int, default=200, help="examples the LLM judge grades (evenly spread)")
     args = ap.parse_args(argv)
-    result = run_bench(args.format, args.files, train_files=args.train, endpoint=args.endpoint)
+    result = run_bench(
+        args.format,
+        args.files,
+        train_files=args.train,
+        endpoint=args.endpoint,
+        llm_model=args.llm_model,
+        llm_limit=args.llm_limit,
+    )
     name = args.name or Path(args.files[0]).stem
     out = Path(__file__).parent / "results" / f"hindsight_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

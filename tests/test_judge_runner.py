@@ -221,3 +221,26 @@ def test_llm_judge_against_the_real_local_model(llm):
     assert j.source == "llm-judge" and -1 <= j.score <= 1 and 0 <= j.confidence <= 1
     assert j.evidence[-1].signal == "llm_verdict"
     assert all(e.message_id == "3" for e in j.evidence)
+
+
+@pytest.mark.llm
+def test_bench_runs_the_llm_judge_baseline_on_the_real_local_model(llm, tmp_path):
+    from afterword.judge.bench import METRIC_KEYS, run_bench
+
+    lines = [
+        ("Find a cheap hotel.|||The Acorn is cheap.", "Thanks, that is perfect!", 2),
+        ("Find a cheap hotel.|||The Acorn is expensive.", "No, that's wrong, I said cheap.", 0),
+        ("Book a table.|||For how many people?", "Four people please.", 1),
+    ]
+    d = tmp_path / "mwoz"
+    d.mkdir()
+    text = "".join(f"{[c, r + '|||']!r}\t[0, 0]\t{y}\n" for c, r, y in lines)
+    (d / "test_mwoz.txt").write_text(text, encoding="utf-8")
+    (d / "valid_mwoz.txt").write_text(text * 3, encoding="utf-8")
+    out = run_bench("asap", [d / "test_mwoz.txt"], endpoint=llm.base_url, llm_limit=2)
+    llm_row = out["baselines"]["llm_judge"]
+    assert set(METRIC_KEYS) <= set(llm_row)
+    # Two evenly spread examples (the first and the last), each judged by the model through the rubric.
+    assert llm_row["n"] == 2 and llm_row["turns_per_s"] > 0
+    assert llm_row["unusable"] == 0, "the grammar-constrained reply should always parse"
+    assert set(llm_row["afterword_same_sample"]) == set(METRIC_KEYS)

@@ -43,6 +43,8 @@ def hindsight_cmd(
         help="Training files for the TF-IDF baseline (default: the ASAP valid split).",
     ),
     endpoint: str = typer.Option(None, "--endpoint", help="Also run the LLM judge on this OpenAI-compatible URL."),
+    llm_model: str = typer.Option(None, "--llm-model", help="Model name for --endpoint (default: the first listed)."),
+    llm_limit: int = typer.Option(200, "--llm-limit", min=1, help="Examples the LLM judge grades (evenly spread)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Hindsight satisfaction: UAR, kappa, rho, bi-F1, accuracy, macro-F1, turns/s vs baselines."""
@@ -52,7 +54,12 @@ def hindsight_cmd(
         raise typer.BadParameter("--format must be asap or uss")
     with guard(as_json):
         res = run_bench(
-            fmt, [str(f) for f in files], train_files=[str(f) for f in train] if train else None, endpoint=endpoint
+            fmt,
+            [str(f) for f in files],
+            train_files=[str(f) for f in train] if train else None,
+            endpoint=endpoint,
+            llm_model=llm_model,
+            llm_limit=llm_limit,
         )
     keys = ["uar", "kappa", "rho", "bi_f1", "acc", "macro_f1", "turns_per_s"]
     if as_json:

@@ -8,7 +8,13 @@ three baselines:
 - ``lexicon``: the signed sum of the polar cue lexicon on the reaction;
 - ``tfidf_lr``: TF-IDF (words, 1-2 grams) of the reaction and of the
   response, class-balanced logistic regression, trained on ``train_files``
-  (default: the ASAP valid split of the same domain, as in the literature).
+  (default: the ASAP valid split of the same domain, as in the literature);
+- ``llm_judge`` (only with ``endpoint``): the rubric LLM judge
+  (:class:`~afterword.judge.llm_judge.LLMJudge`) over an OpenAI-compatible
+  endpoint. An LLM call per turn is slow, so it judges an evenly spread
+  sample of ``llm_limit`` examples; its entry carries ``n``, the number of
+  replies it could not use (scored neutral), and afterword's own metrics on
+  the very same sample (``afterword_same_sample``) for a fair comparison.
 
 The judge sees what the rating was given with and nothing later: the
 conversation up to the rated user message (``lookahead_turns=0``). Each
@@ -58,7 +64,8 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int], turns_per_s: float) ->
         "macro_f1": f1_score(yt, yp, average="macro", labels=[0, 1, 2], zero_division=0),
         "turns_per_s": turns_per_s,
     }
-    return {k: round(float(v), 4 if k != "turns_per_s" else 1) for k, v in out.items()}
+    # Throughput to 0.1 turn/s, or to 0.001 for slow judges (an LLM on CPU can take seconds a turn).
+    return {k: round(float(v), 4 if k != "turns_per_s" else (1 if v >= 10 else 3)) for k, v in out.items()}
 
 
 def _with_ids(messages: Sequence[Message], tag: str) -> Conversation:
@@ -148,6 +155,53 @@ def _tfidf_lr(train: Sequence[Example], test: Sequence[Example]) -> tuple[list[i
     return [int(p) for p in preds], len(test) / max(time.perf_counter() - t0, 1e-9)
 
 
+def _llm_judge(
+    test: Sequence[Example], endpoint: str, model: str | None, limit: int
+) -> tuple[list[int], list[int], float, int]:
+    """LLM-judge labels for an evenly spread sample of ``test``: (sample indices, labels, turns/s, unusable)."""
+    from afterword.llm import LLMClient
+
+    from .llm_judge import LLMJudge
+
+    picks = sorted({int(i) for i in np.linspace(0, len(test) - 1, num=min(limit, len(test)))})
+    client = LLMClient(endpoint, model or _first_model(endpoint))
+    judge = LLMJudge(client)
+    preds, unusable, n_judged = [], 0, 0
+    t0 = time.perf_counter()
+    try:
+        for i in picks:
+            ex = test[i]
+            msgs = ex.conv.messages
+            resp = next((k for k in range(ex.index - 1, -1, -1) if msgs[k].role == "assistant"), None)
+            if resp is None:
+                preds.append(1)
+                continue
+            conv = _with_ids(msgs[: ex.index + 1], "llm")
+            j = judge.judge_message(conv, conv.messages[resp].id or "")
+            n_judged += 1
+            if j is None:
+                unusable += 1
+                preds.append(1)
+            else:
+                preds.append(_LABEL_INDEX[j.label])
+    finally:
+        client.close()
+    return picks, preds, n_judged / max(time.perf_counter() - t0, 1e-9), unusable
+
+
+def _first_model(endpoint: str) -> str:
+    """The first model the endpoint lists (``/v1/models``), or ``local``."""
+    import httpx
+
+    url = endpoint.rstrip("/")
+    url = url if url.endswith("/v1") else url + "/v1"
+    try:
+        data = httpx.get(f"{url}/models", timeout=10).json().get("data") or []
+        return str(data[0]["id"]) if data else "local"
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return "local"
+
+
 def _default_train(files: Sequence[str], fmt: str) -> list[str]:
     if fmt != "asap":
         raise ValueError("uss-format benchmarks need train_files for the trained baselines")
@@ -168,17 +222,18 @@ def run_bench(
     endpoint: str | None = None,
     *,
     config: JudgeConfig | None = None,
+    llm_model: str | None = None,
+    llm_limit: int = 200,
 ) -> dict:
     """Judge every rated reaction in ``files``; return afterword's metrics with the baselines nested.
 
     ``format`` is ``"asap"`` or ``"uss"``; ``train_files`` (either format)
-    train the TF-IDF baseline and set the majority class. ``endpoint`` is
-    reserved for an LLM-judge baseline and is not supported yet.
+    train the TF-IDF baseline and set the majority class. With ``endpoint``
+    (an OpenAI-compatible URL; ``llm_model`` defaults to the first model it
+    lists), the LLM judge runs too, on ``llm_limit`` evenly spread examples.
     """
     if format not in ("asap", "uss"):
         raise ValueError(f"format must be 'asap' or 'uss', not {format!r}")
-    if endpoint is not None:
-        raise NotImplementedError("an LLM-judge baseline over an endpoint is not implemented yet")
     files = [str(f) for f in files]
     test = load_examples(files, format, need_response=(format == "uss"))
     if not test:
@@ -197,5 +252,14 @@ def run_bench(
     baselines = {"majority": metrics(y, maj, len(test) / max(time.perf_counter() - t0, 1e-9))}
     baselines["lexicon"] = metrics(y, *_lexicon(test))
     baselines["tfidf_lr"] = metrics(y, *_tfidf_lr(train, test))
+    if endpoint:
+        picks, llm_preds, llm_tps, unusable = _llm_judge(test, endpoint, llm_model, llm_limit)
+        ys = [y[i] for i in picks]
+        baselines["llm_judge"] = {
+            **metrics(ys, llm_preds, llm_tps),
+            "n": len(picks),
+            "unusable": unusable,
+            "afterword_same_sample": metrics(ys, [preds[i] for i in picks], tps),
+        }
     result["baselines"] = baselines
     return result
