@@ -207,7 +207,9 @@ def _insert_tuples(conn: sa.Connection, table: sa.Table, cols: tuple[str, ...], 
     _sqlite_insert_or_ignore(conn, table.name, cols, rows)
 
 
-def _sqlite_insert_or_ignore(conn: sa.Connection, table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+def _sqlite_insert_or_ignore(
+    conn: sa.Connection, table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
     """executemany of INSERT OR IGNORE, with rows grouped by which of their values are NULL.
 
     Binding a Python None costs the sqlite3 drivers an adapter lookup per value
