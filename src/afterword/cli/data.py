@@ -1,7 +1,8 @@
-"""Commands over the history: import, stats, show, feedback, search, export, forget, run."""
+"""Commands over the history: import, embed, stats, show, feedback, search, export, forget, run."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,57 @@ def _count_lines(path: Path) -> int | None:
         return sum(buf.count(b"\n") for buf in iter(lambda: fh.read(1 << 20), b""))
 
 
+def _local_files(items: list[str], as_json: bool) -> list[Path]:
+    """Plain files as given; directories and globs expand to their JSONL shards (sorted)."""
+    from afterword.scale.pipelines import expand_shards
+
+    out: list[Path] = []
+    for item in items:
+        if os.path.isfile(item):
+            out.append(Path(item))
+            continue
+        with guard(as_json):
+            found = [Path(p) for p in expand_shards(item)]
+        parquet = [p for p in found if p.suffix == ".parquet"]
+        if parquet:
+            fail(f"{parquet[0]}: Parquet shards are read by --engine ray only", as_json)
+        out += found
+    return out
+
+
+def _ray_only(engine: str, as_json: bool, **options: object) -> None:
+    given = [name for name, value in options.items() if value is not None]
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}", as_json)
+    if engine == "local" and given:
+        fail(f"{', '.join(given)} need --engine ray", as_json)
+
+
+_SHARDS_HELP = "Log files, directories of shards, or quoted globs ('logs/part-*.jsonl')."
+_ENGINE_HELP = "local (this process), or ray: one shard per Ray worker, in parallel."
+_ADDRESS_HELP = "Ray cluster: auto (join this node's cluster) or ray://HEAD:10001 (Ray Client). Default: local Ray."
+_WORKERS_HELP = "Ray workers (actors, 1 CPU each). Default: the CPUs Ray reports."
+
+
 def import_cmd(
-    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Log files to import."),
+    files: list[str] = typer.Argument(..., help=_SHARDS_HELP + " With --engine ray also Parquet shards."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, {', '.join(FORMATS)}"),
-    strict: bool = typer.Option(False, "--strict", help="Abort on the first bad record."),
+    strict: bool = typer.Option(False, "--strict", help="Abort on the first bad record (local engine)."),
+    engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
+    address: str = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: int = typer.Option(None, "--workers", min=1, help=_WORKERS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Import logs (OpenAI chat JSONL, ShareGPT, USS, ASAP, LoCoMo). Re-importing adds nothing."""
+    _ray_only(engine, as_json, **{"--address": address, "--workers": workers})
+    if engine == "ray":
+        if strict:
+            fail("--strict is for the local engine; --engine ray skips bad records and reports them", as_json)
+        _import_ray(files, fmt, address, workers, as_json)
+        return
     store = open_store()
     results = []
-    for f in files:
+    for f in _local_files(files, as_json):
         fmt_f = detect_format(f) if fmt == "auto" else fmt
         # One conversation a line in the JSONL formats, so lines are the bar's total.
         total = _count_lines(f) if fmt_f in ("openai", "sharegpt") else None
@@ -53,10 +95,78 @@ def import_cmd(
             f"{r['imported_messages']} messages / {r['imported_feedback']} feedback; "
             f"already present {r['present_conversations']} conversations; skipped {r['skipped']} bad records"
         )
-        for e in r["errors"][:50]:
-            console.print(f"  [red]{e['file']}:{e['line']}[/] field {e['field'] or '-'}: {e['error']}")
-        if len(r["errors"]) > 50:
-            console.print(f"  … and {len(r['errors']) - 50} more")
+        _print_errors(r["errors"])
+
+
+def _print_errors(errors: list[dict[str, Any]]) -> None:
+    for e in errors[:50]:
+        console.print(f"  [red]{e['file']}:{e['line']}[/] field {e['field'] or '-'}: {e['error']}")
+    if len(errors) > 50:
+        console.print(f"  … and {len(errors) - 50} more")
+
+
+def _import_ray(files: list[str], fmt: str, address: str | None, workers: int | None, as_json: bool) -> None:
+    from afterword.scale import expand_shards, import_sharded
+
+    store = open_store()  # resolves the URL and migrates once, before any worker connects
+    with guard(as_json):
+        shards = expand_shards(files)
+        with progress_bar(f"importing {len(shards)} shards on Ray", len(shards), not as_json) as adv:
+            res = import_sharded(
+                store.url, shards, fmt=fmt, num_workers=workers, address=address, progress=lambda *_: adv(1)
+            )
+    res = {"engine": "ray", "format": fmt, **res}
+    if as_json:
+        emit(res, True)
+        return
+    console.print(
+        f"{res['shards']} shards on {res['workers']} Ray worker(s): imported {res['imported_conversations']} "
+        f"conversations / {res['imported_messages']} messages / {res['imported_feedback']} feedback; "
+        f"already present {res['present_conversations']} conversations; skipped {res['skipped']} bad records "
+        f"({res['conversations_per_s']} conversations/s)"
+    )
+    _print_errors(res["errors"])
+
+
+def embed_cmd(
+    files: list[str] = typer.Argument(..., help=_SHARDS_HELP + " JSONL in any import format, or Parquet."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the Parquet files."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, {', '.join(FORMATS)}"),
+    roles: str = typer.Option("user,assistant", "--roles", help="Comma-separated roles to embed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace Parquet files already in --out."),
+    engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
+    address: str = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: int = typer.Option(None, "--workers", min=1, help=_WORKERS_HELP),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Embed every message of log shards (MiniLM, 384-d) into Parquet keyed by the store's message ids."""
+    from afterword.scale import embed_local, embed_sharded, expand_shards
+
+    _ray_only(engine, as_json, **{"--address": address, "--workers": workers})
+    role_list = tuple(r.strip() for r in roles.split(",") if r.strip())
+    if not role_list:
+        fail("--roles names no role", as_json)
+    with guard(as_json):
+        shards = expand_shards(files)
+        if engine == "ray":
+            with progress_bar(f"embedding {len(shards)} shards on Ray", None, not as_json):
+                res = embed_sharded(
+                    shards, out, fmt=fmt, roles=role_list, num_workers=workers, address=address, overwrite=overwrite
+                )
+        else:
+            with progress_bar(f"embedding {len(shards)} shards", len(shards), not as_json) as adv:
+                res = embed_local(
+                    shards, out, fmt=fmt, roles=role_list, overwrite=overwrite, progress=lambda *_: adv(1)
+                )
+    res = {"engine": engine, **res}
+    emit(
+        res,
+        as_json,
+        lambda d: console.print(
+            f"embedded {d['messages']} messages from {d['shards']} shards into {d['files']} Parquet files in "
+            f"{d['output_dir']} ({d['messages_per_s']} messages/s, {d['workers']} worker(s))"
+        ),
+    )
 
 
 def stats_cmd(as_json: bool = JsonOpt) -> None:
@@ -267,6 +377,7 @@ def run_cmd(
 def register(app: typer.Typer) -> None:
     app.command("run")(run_cmd)
     app.command("import")(import_cmd)
+    app.command("embed")(embed_cmd)
     app.command("stats")(stats_cmd)
     app.command("show")(show_cmd)
     app.command("feedback")(feedback_cmd)

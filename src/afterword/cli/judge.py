@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, parse_date, progress_bar
 
 judge_app = typer.Typer(help="Judge responses in hindsight from what the user did next.", no_args_is_help=False)
 
@@ -25,7 +25,12 @@ def judge_cmd(
     model: str = typer.Option("local", "--model", envvar="AFTERWORD_LLM_MODEL"),
     batch_size: int = typer.Option(200, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local, or ray for batch work over a cluster."),
-    address: str = typer.Option(None, "--address", help="Ray cluster address (with --engine ray)."),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster (with --engine ray): auto, or ray://HEAD:10001. Default: local Ray."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", min=1, help="Ray workers (with --engine ray). Default: the CPUs Ray reports."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Judge every response not yet judged (incremental and resumable)."""
@@ -40,12 +45,26 @@ def judge_cmd(
         from afterword.llm import LLMClient
 
         llm_judge = LLMJudge(LLMClient(base_url=endpoint, model=model))
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}", as_json)
     with guard(as_json):
         if engine == "ray":
             from afterword.judge.distributed import judge_store_ray
 
-            res = judge_store_ray(store, since=parse_date(since, "--since"), address=address)
+            if llm_judge is not None:
+                fail("--endpoint (the LLM judge) runs with the local engine only", as_json)
+            with progress_bar("judging on Ray", None, not as_json) as adv:
+                res = judge_store_ray(
+                    store,
+                    since=parse_date(since, "--since"),
+                    address=address,
+                    num_workers=workers,
+                    batch_size=batch_size,
+                    progress=adv,
+                )
         else:
+            if address is not None or workers is not None:
+                fail("--address and --workers need --engine ray", as_json)
             n = len(pending_conversations(store, since=parse_date(since, "--since")))
             with progress_bar("judging", n, not as_json) as adv:
                 res = judge_store(

@@ -159,4 +159,4 @@ def judge_store_ray(
         if started:
             ray.shutdown()
     result["turns_per_s"] = round(result["judged"] / dt, 1) if dt > 0 and result["judged"] else None
-    return {**result, "engine": "ray", "workers": workers}
+    return {**result, "engine": "ray", "workers": workers, "seconds": round(dt, 2)}

@@ -14,7 +14,10 @@ the way a columnar JSON reader would.
 - :func:`embed_sharded` assigns each message the id the store would give it
   and writes ``(message_id, conversation_id, user_id, role, embedding)``
   Parquet files, so the vectors join back to the store by id. Each actor
-  loads the ONNX embedder once.
+  loads the ONNX embedder once. :func:`embed_local` writes the same files
+  without Ray (one process, one shard after another).
+
+The command line: ``afterword import --engine ray`` and ``afterword embed``.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ import glob
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from afterword.errors import ConfigError, ImportRecordError, require
 from afterword.records import Conversation
 
-__all__ = ["expand_shards", "iter_shard", "import_sharded", "embed_sharded"]
+__all__ = ["expand_shards", "iter_shard", "import_sharded", "embed_sharded", "embed_local"]
 
 _SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz")
 
@@ -145,11 +148,13 @@ def import_sharded(
     address: str | None = None,
     num_cpus: int | None = None,
     batch_size: int = 10000,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Import every shard into the store at ``store_url`` with ``num_workers`` Ray actors.
 
     ``batch_size`` counts messages per transaction (whole conversations).
     The store is migrated once here, before any worker opens it.
+    ``progress(shard, counts)`` is called in the driver as each shard finishes.
     """
     from afterword.store.store import ImportCounts, Store
 
@@ -183,6 +188,8 @@ def import_sharded(
                 errors=d["errors"][: max(0, 1000 - len(total.errors))],
             )
             total.add(part)
+            if progress is not None:
+                progress(str(row["shard"]), per_shard[str(row["shard"])])
     finally:
         if started:
             ray.shutdown()
@@ -219,6 +226,80 @@ def _message_rows(path: str, fmt: str, roles: tuple[str, ...], rows_per_batch: i
             cols = {k: [] for k in cols}
     if cols["message_id"]:
         yield cols
+
+
+def _prepare_output(output_dir: str | Path, overwrite: bool) -> Path:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old = list(out.glob("*.parquet"))
+    if old and not overwrite:
+        raise ConfigError(f"{out} already holds Parquet files; pass overwrite=True to replace them")
+    for f in old:
+        f.unlink()
+    return out
+
+
+def _embedding_table(cols: dict[str, list[Any]], vecs: Any) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    vecs = np.asarray(vecs, dtype=np.float32)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
+    data = {k: pa.array(v, pa.string()) for k, v in cols.items() if k != "content"}
+    return pa.table({**data, "embedding": emb})
+
+
+def embed_local(
+    paths_or_glob: str | Path | Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    fmt: str = "auto",
+    roles: Sequence[str] = ("user", "assistant"),
+    batch_size: int = 256,
+    overwrite: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`embed_sharded` without Ray: the same Parquet files, written by this process.
+
+    One output file per input shard (``part-00000.parquet``, ...);
+    ``progress(shard, messages)`` is called as each shard finishes.
+    """
+    import pyarrow.parquet as pq
+
+    from afterword.embed import get_embedder
+
+    shards = expand_shards(paths_or_glob)
+    out = _prepare_output(output_dir, overwrite)
+    embedder = get_embedder()
+    t0 = time.perf_counter()
+    n = files = 0
+    for k, path in enumerate(shards):
+        writer = None
+        done = 0
+        try:
+            for cols in _message_rows(path, fmt, tuple(roles), batch_size * 8):
+                table = _embedding_table(cols, embedder.encode([str(x) for x in cols["content"]]))
+                if writer is None:
+                    writer = pq.ParquetWriter(str(out / f"part-{k:05d}.parquet"), table.schema)
+                    files += 1
+                writer.write_table(table)
+                done += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        n += done
+        if progress is not None:
+            progress(path, done)
+    dt = time.perf_counter() - t0
+    return {
+        "shards": len(shards),
+        "workers": 1,
+        "messages": n,
+        "files": files,
+        "output_dir": str(out),
+        "seconds": round(dt, 2),
+        "messages_per_s": round(n / dt, 1) if dt > 0 else None,
+    }
 
 
 def _explode(fmt: str, roles: tuple[str, ...], rows_per_batch: int) -> Any:
@@ -268,13 +349,7 @@ def embed_sharded(
     ``role`` and ``embedding`` (fixed-size list of 384 float32, unit length).
     """
     shards = expand_shards(paths_or_glob)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    old = list(out.glob("*.parquet"))
-    if old and not overwrite:
-        raise ConfigError(f"{out} already holds Parquet files; pass overwrite=True to replace them")
-    for f in old:
-        f.unlink()
+    out = _prepare_output(output_dir, overwrite)
     ray, started = _ray(address, num_cpus)
     t0 = time.perf_counter()
     try:
