@@ -1,10 +1,19 @@
 """Load on the proxy: N uvicorn workers on PostgreSQL (pgserver) in front of a stub upstream with a fixed delay.
 
-An open-loop async httpx generator sends --rate requests/s for --seconds (each request scheduled at its
-own time, so a slow server cannot slow the generator down and hide its latency), first straight to the
-stub (the baseline) and then through the proxy. Overhead = proxy latency - direct latency, per percentile.
-At the end the stored rows are counted against the requests that succeeded: every successful request's
-assistant message id (X-Afterword-Message-Id) must be in the store exactly once. Loopback only.
+An open-loop generator sends --rate requests/s for --seconds (each request scheduled at its own time, so a
+slow server cannot slow the generator down and hide its latency), first straight to the stub (the
+baseline) and then through the proxy. Overhead = proxy latency - direct latency, per percentile. At the end
+the stored rows are counted against the requests that succeeded: every successful request's assistant
+message id (X-Afterword-Message-Id) must be in the store exactly once. Loopback only.
+
+The generator is a lean HTTP/1.1 client on raw asyncio protocols (uvloop when installed, keep-alive
+connections, one request per connection at a time): on a small machine every process shares the same cores,
+and an httpx client costs several times more CPU per request than the proxy's own work. ``--client httpx``
+keeps the old generator for comparison.
+
+Every phase also reports CPU time per request of each process group (generator, stub, proxy workers,
+PostgreSQL), from /proc, so the figures mean something on a busy machine: the sum is the machine's cost of
+one proxied request, and ``cores / sum`` the rate the machine can hold.
 
     python bench/proxy_load.py --rate 300 --seconds 60 --workers 2 --delay-ms 20
 """
@@ -22,8 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -54,26 +65,185 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def load(base: str, rate: float, seconds: float, tag: str, conns: int) -> dict:
-    """Send ``rate`` requests/s for ``seconds``: a scheduler starts each request at its own tick, so the
-    number in flight is whatever the server's latency makes it (open loop); latency is send -> response."""
+# -- CPU accounting ---------------------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of process groups, each a root pid and all its descendants."""
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self.groups = groups
+
+    def _group(self, root: int) -> dict[int, float]:
+        out: dict[int, float] = {}
+        try:
+            top = psutil.Process(root)
+            procs = [top, *top.children(recursive=True)]
+        except psutil.Error:
+            return out
+        for p in procs:
+            try:
+                c = p.cpu_times()
+                out[p.pid] = c.user + c.system
+            except psutil.Error:
+                pass
+        return out
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        return {name: self._group(pid) for name, pid in self.groups.items()}
+
+    @staticmethod
+    def diff(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> dict[str, float]:
+        """Seconds used between two snapshots (a process that exited in between is not counted)."""
+        return {name: round(sum(v - a.get(name, {}).get(pid, 0.0) for pid, v in b[name].items()), 3) for name in b}
+
+
+# -- generators -------------------------------------------------------------------------------------------
+
+
+def body_for(tag: str, i: int) -> bytes:
+    return json.dumps(
+        {
+            "model": "stub",
+            "user": f"{tag}-user{i % 50}",
+            "messages": [{"role": "user", "content": f"{tag} request {i}: what is {i} plus {i}?"}],
+        }
+    ).encode()
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; responses must carry Content-Length (the stub's and proxy's do)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, str | None]] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        w = self.waiter
+        if w is None:
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        length, mid, close = 0, None, False
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            if k == "content-length":
+                length = int(v)
+            elif k == "x-afterword-message-id":
+                mid = v.strip()
+            elif k == "connection" and v.strip().lower() == "close":
+                close = True
+        if len(self.buf) < end + 4 + length:
+            return
+        del self.buf[: end + 4 + length]
+        self.waiter = None
+        if close:
+            self.closed = True
+            assert self.transport is not None
+            self.transport.close()
+        if not w.done():
+            w.set_result((int(head[0].split(" ", 2)[1]), mid))
+
+
+async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, conns: int) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    ids: list[str] = []
+    n = int(rate * seconds)
+    lag_ms: list[float] = []
+    idle: list[_Conn] = []
+    opened = 0
+    slot = asyncio.Semaphore(conns)
+    prefix = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        "Content-Length: "
+    ).encode()
+
+    async def one(i: int, payload: bytes) -> None:
+        nonlocal opened
+        t0 = time.perf_counter()
+        async with slot:
+            conn = None
+            try:
+                while idle:
+                    c = idle.pop()
+                    if not c.closed:
+                        conn = c
+                        break
+                if conn is None:
+                    _, conn = await loop.create_connection(_Conn, host, port)
+                    opened += 1
+                conn.waiter = loop.create_future()
+                assert conn.transport is not None
+                conn.transport.write(b"%s%d\r\n\r\n%s" % (prefix, len(payload), payload))
+                status, mid = await conn.waiter
+            except (OSError, ConnectionError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
+                return
+            if not conn.closed:
+                idle.append(conn)
+        dt = (time.perf_counter() - t0) * 1000
+        if status == 200:
+            lat.append(dt)
+            if mid:
+                ids.append(mid)
+        else:
+            errors[str(status)] = errors.get(str(status), 0) + 1
+
+    tasks = []
+    payloads = [body_for(tag, i) for i in range(n)]
+    t_start = time.perf_counter()
+    for i in range(n):
+        delay = t_start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            lag_ms.append(-delay * 1000)  # the generator itself fell behind its schedule
+        tasks.append(loop.create_task(one(i, payloads[i])))
+    _, pending = await asyncio.wait(tasks, timeout=60)
+    for task in pending:
+        task.cancel()
+    if pending:
+        errors["unfinished"] = len(pending)
+    wall = time.perf_counter() - t_start
+    for c in idle:
+        if c.transport is not None:
+            c.transport.close()
+    return _summary(n, rate, wall, lat, errors, lag_ms, ids) | {"connections_opened": opened}
+
+
+async def load_httpx(host: str, port: int, rate: float, seconds: float, tag: str, conns: int) -> dict[str, Any]:
+    """The old generator: one httpx.AsyncClient (several times the CPU of ``load_raw`` per request)."""
     lat: list[float] = []
     errors: dict[str, int] = {}
     ids: list[str] = []
     n = int(rate * seconds)
     lag_ms: list[float] = []
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}/v1", limits=limits, timeout=30) as client:
 
         async def one(i: int) -> None:
-            body = {
-                "model": "stub",
-                "user": f"{tag}-user{i % 50}",
-                "messages": [{"role": "user", "content": f"{tag} request {i}: what is {i} plus {i}?"}],
-            }
             t0 = time.perf_counter()
             try:
-                r = await client.post("/chat/completions", json=body)
+                r = await client.post("/chat/completions", content=body_for(tag, i), headers=headers)
                 dt = (time.perf_counter() - t0) * 1000
                 if r.status_code == 200:
                     lat.append(dt)
@@ -88,19 +258,24 @@ async def load(base: str, rate: float, seconds: float, tag: str, conns: int) -> 
         tasks = []
         t_start = time.perf_counter()
         for i in range(n):
-            at = t_start + i / rate
-            delay = at - time.perf_counter()
+            delay = t_start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
-                lag_ms.append(-delay * 1000)  # the generator itself fell behind its schedule
+                lag_ms.append(-delay * 1000)
             tasks.append(asyncio.create_task(one(i)))
-        done, pending = await asyncio.wait(tasks, timeout=60)
+        _, pending = await asyncio.wait(tasks, timeout=60)
         for task in pending:
             task.cancel()
         if pending:
             errors["unfinished"] = len(pending)
         wall = time.perf_counter() - t_start
+    return _summary(n, rate, wall, lat, errors, lag_ms, ids)
+
+
+def _summary(
+    n: int, rate: float, wall: float, lat: list[float], errors: dict[str, int], lag_ms: list[float], ids: list[str]
+) -> dict[str, Any]:
     return {
         "sent": n,
         "ok": len(lat),
@@ -115,6 +290,40 @@ async def load(base: str, rate: float, seconds: float, tag: str, conns: int) -> 
     }
 
 
+def run_phase(
+    client: str, port: int, rate: float, seconds: float, tag: str, conns: int, meter: CpuMeter | None
+) -> dict[str, Any]:
+    gen = load_raw if client == "raw" else load_httpx
+    before = meter.snapshot() if meter else None
+    t_cpu, t_wall = time.process_time(), time.perf_counter()
+    load0 = os.getloadavg()[0]
+    res = _run(gen("127.0.0.1", port, rate, seconds, tag, conns))
+    gen_cpu = time.process_time() - t_cpu
+    res["wall_s"] = round(time.perf_counter() - t_wall, 1)
+    res["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    if meter and before:
+        used = meter.diff(before, meter.snapshot())
+        used["generator"] = round(gen_cpu, 3)
+        n = max(res["sent"], 1)
+        res["cpu_s"] = used
+        res["cpu_ms_per_request"] = {k: round(v * 1000 / n, 3) for k, v in used.items()}
+        res["cpu_ms_per_request"]["total"] = round(sum(used.values()) * 1000 / n, 3)
+    return res
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def postmaster_pid(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().split()[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=300)
@@ -122,6 +331,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--delay-ms", type=float, default=20)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator (default: raw asyncio)")
+    ap.add_argument("--no-direct", action="store_true", help="skip the direct-to-stub baseline")
     ap.add_argument("--out", default=str(HERE / "results" / "proxy_load.json"))
     args = ap.parse_args()
     # `timeout` sends SIGTERM: turn it into an exception so the servers and PostgreSQL are stopped.
@@ -154,12 +365,14 @@ def main() -> None:
             )
         )  # fmt: skip
         wait_http(f"http://127.0.0.1:{px}/healthz", 60)
-        asyncio.run(load(f"http://127.0.0.1:{px}/v1", 50, 2, "warmup", args.connections))
-        asyncio.run(load(f"http://127.0.0.1:{up}/v1", 50, 2, "warmup", args.connections))
-        direct = asyncio.run(load(f"http://127.0.0.1:{up}/v1", args.rate, args.seconds, "direct", args.connections))
-        proxied = asyncio.run(load(f"http://127.0.0.1:{px}/v1", args.rate, args.seconds, "proxy", args.connections))
+        meter = CpuMeter({"stub": procs[0].pid, "proxy": procs[1].pid, "postgres": postmaster_pid(tmp / "pg")})
+        run_phase(args.client, px, 50, 2, "warmup", args.connections, None)
+        run_phase(args.client, up, 50, 2, "warmup", args.connections, None)
+        if not args.no_direct:
+            direct = run_phase(args.client, up, args.rate, args.seconds, "direct", args.connections, meter)
+            direct.pop("ids")
+        proxied = run_phase(args.client, px, args.rate, args.seconds, "proxy", args.connections, meter)
         ids = proxied.pop("ids")
-        direct.pop("ids")
         store = Store(url)
 
         def stored() -> int:
@@ -187,18 +400,26 @@ def main() -> None:
                 .subquery()
             )
             duplicates = conn.execute(sa.select(sa.func.count()).select_from(dup_q)).scalar()
+        if not args.no_direct:
+            res.update(
+                direct=direct,
+                overhead_p50_ms=round(proxied["p50_ms"] - direct["p50_ms"], 2),
+                overhead_p95_ms=round(proxied["p95_ms"] - direct["p95_ms"], 2),
+            )
+        n_stored = stored()
         res.update(
-            direct=direct,
             proxy=proxied,
-            overhead_p50_ms=round(proxied["p50_ms"] - direct["p50_ms"], 2),
-            overhead_p95_ms=round(proxied["p95_ms"] - direct["p95_ms"], 2),
             successful_requests=len(ids),
-            stored_logs=stored(),
+            stored_logs=n_stored,
             logged_requests=int(proxy_convs or 0),
             logged_without_client_success=int(proxy_convs or 0) - len(set(ids)),
-            lost_logs=len(ids) - stored(),
+            lost_logs=len(ids) - n_stored,
             duplicate_logs=int(duplicates or 0),
         )
+        cpu = proxied.get("cpu_ms_per_request")
+        if cpu and cpu.get("total"):
+            # What 2 (or N) cores could hold if nothing else ran: the capacity the CPU cost implies.
+            res["projected_capacity_rps"] = round((os.cpu_count() or 1) * 1000 / cpu["total"])
         store.close()
     finally:
         for p in reversed(procs):

@@ -81,6 +81,12 @@ class CaptureLogger:
                 self._queue.task_done()
             if stop:
                 return
+            if batch:
+                self._pause()
+
+    def _pause(self) -> None:
+        """Called after each write, once its calls count as done (``flush`` returns): a subclass
+        may wait here so that the calls arriving meanwhile share the next transaction."""
 
     def _write(self, batch: list[Conversation]) -> None:
         try:

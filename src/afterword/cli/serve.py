@@ -34,6 +34,7 @@ def serve_cmd(
     ),
     spool: str | None = typer.Option(None, "--spool", help="Spool file for logs while the store is down."),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Larger request bodies get 413."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="uvicorn's line per request."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the OpenAI-compatible proxy: logs every call, injects memories, passes upstream errors through."""
@@ -60,7 +61,14 @@ def serve_cmd(
         "memory": config.memory,
     }
     emit(info, as_json, lambda d: console.print(f"afterword proxy on [bold]{d['url']}[/] → {d['upstream']} {d}"))
-    run(config, host=host, port=port, workers=workers, log_level="warning" if as_json else "info")
+    run(
+        config,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning" if as_json else "info",
+        access_log=access_log,
+    )
 
 
 def keys_create_cmd(

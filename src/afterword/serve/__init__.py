@@ -49,5 +49,7 @@ def run(config: ProxyConfig, *, host: str = "127.0.0.1", port: int = 8000, worke
         Store(config.store_url).close()
     os.environ[CONFIG_ENV] = config.model_dump_json()
     uvicorn_kw.setdefault("log_level", "info")
+    # One log line per request costs more CPU than forwarding it, and every call is captured in the store anyway.
+    uvicorn_kw.setdefault("access_log", False)
     uvicorn_kw.setdefault("timeout_graceful_shutdown", 30)
     uvicorn.run("afterword.serve.proxy:app_from_env", factory=True, host=host, port=port, workers=workers, **uvicorn_kw)

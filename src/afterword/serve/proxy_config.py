@@ -57,7 +57,10 @@ class ProxyConfig(BaseModel):
     max_connections: int = Field(256, ge=1, description="Connections to the upstream at once, per worker.")
     max_keepalive: int = Field(16, ge=0, description="Idle upstream connections kept open, per worker.")
     log_linger_s: float = Field(
-        0.02, ge=0, description="The background writer waits this long after a write, so calls share transactions."
+        0.1,
+        ge=0,
+        description="The background writer waits this long after a write, so calls share transactions "
+        "(the journal keeps the calls queued meanwhile durable).",
     )
     key_cache_ttl_s: float = Field(30.0, ge=0, description="A verified key is trusted this long (revocation delay).")
     store_retry_s: float = Field(2.0, gt=0, description="While the store cannot be opened, retry this often.")
