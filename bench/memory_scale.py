@@ -23,8 +23,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--nprobe", type=int, default=16)
     ap.add_argument("--sqlite-vec-max", type=int, default=100_000, help="Largest size to run sqlite-vec at.")
-    ap.add_argument("--store-max", type=int, default=100_000, help="Largest size to run the full store path at.")
+    ap.add_argument("--store-max", type=int, default=1_000_000, help="Largest size to run the store path at.")
     ap.add_argument("--store-index", default="auto", choices=["auto", "numpy"], help="Vector index of the store path.")
+    ap.add_argument("--numpy-ivf-max", type=int, default=1_000_000, help="Largest size to build the numpy IVF at.")
+    ap.add_argument("--exact-queries", type=int, default=30, help="Queries also run with exact candidates (recall).")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "memory_scale.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -39,6 +41,8 @@ def main() -> None:
         sqlite_vec_max=args.sqlite_vec_max,
         store_max=args.store_max,
         store_index=args.store_index,
+        exact_queries=args.exact_queries,
+        numpy_ivf_max=args.numpy_ivf_max,
         log=(lambda s: None) if args.json else print,
     )
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -49,7 +53,7 @@ def main() -> None:
         print(json.dumps(res))
         return
     cols = ("p50_ms", "p95_ms", "cpu_p50_ms", "cpu_p95_ms")
-    print(f"\n{'memories':>10s} {'index':14s} {'p50 ms':>8s} {'p95 ms':>8s} {'cpu p50':>8s} {'cpu p95':>8s}  notes")
+    print(f"\n{'memories':>10s} {'path':14s} {'p50 ms':>8s} {'p95 ms':>8s} {'cpu p50':>8s} {'cpu p95':>8s}  notes")
     for n, r in res["sizes"].items():
         for name, v in r.items():
             notes = {k: x for k, x in v.items() if k not in cols}

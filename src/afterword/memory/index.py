@@ -12,7 +12,14 @@ Backends, chosen per store (``MemoryConfig.index``, ``auto`` by default):
 - ``sqlite-vec``: a ``vec0`` table partitioned by owner, plus an FTS5 table
   (``memory_search``, BM25) where the owner is an indexed token. The tables
   are created on first use rather than by a migration because ``vec0``
-  exists only on connections that loaded the extension.
+  exists only on connections that loaded the extension. ``vec0`` searches
+  by brute force (about 0.4 µs a vector here), so from
+  :attr:`MemoryIndex.ivf_min` indexed vectors on the vectors move to an
+  inverted-file index kept in SQLite (``memory_ivf``: k-means cells, one
+  float16 code per memory, clustered by owner and cell), and a query reads
+  only the few cells nearest to it. It is written in the same transactions
+  as the memories, so it is durable, shared by every process, and forget
+  removes from it like from the rest.
 - ``pgvector``: a ``memory_vectors`` table with an HNSW cosine index, plus a
   GIN full-text index over the memories; created on first use for the same
   reason (``CREATE EXTENSION vector`` may be refused).
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -110,6 +118,45 @@ def from_blob(blob: bytes | None) -> np.ndarray | None:
 # -- in-process vector index ---------------------------------------------------------
 
 
+def ivf_nlist(n: int) -> int:
+    """How many k-means cells an inverted-file index over ``n`` vectors gets (about 2·√n)."""
+    return max(16, int(2 * math.sqrt(n)))
+
+
+def kmeans(sample: np.ndarray, nlist: int, seed: int = 0, rounds: int = 6) -> np.ndarray:
+    """``nlist`` unit centroids of ``sample`` (spherical k-means; a few rounds are plenty for a coarse quantiser)."""
+    rng = np.random.default_rng(seed)
+    sample = np.asarray(sample, dtype=np.float32)
+    nlist = min(nlist, len(sample))
+    cent = sample[rng.choice(len(sample), size=nlist, replace=False)].copy()
+    for _ in range(rounds):
+        assign = np.argmax(sample @ cent.T, axis=1)
+        sums = np.zeros_like(cent)
+        np.add.at(sums, assign, sample)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        empty = norms[:, 0] == 0
+        cent = np.where(empty[:, None], cent, sums / np.clip(norms, 1e-12, None))
+    return cent.astype(np.float32)
+
+
+#: int8 codes of ``memory_ivf``: unit MiniLM vectors' components stay within ±0.3 (±0.2 for 99.99 % of them),
+#: so ±0.25 maps onto ±127 and the rare larger ones clip. Cosine ignores the common scale.
+_CODE_SCALE = 127 / 0.25
+
+
+def ivf_code(vecs: np.ndarray) -> np.ndarray:
+    """Vectors as int8 codes for ``memory_ivf``."""
+    return np.clip(np.rint(np.asarray(vecs, dtype=np.float32) * _CODE_SCALE), -127, 127).astype(np.int8)
+
+
+def nearest_cells(vecs: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The cell (nearest centroid) of each vector, in chunks to bound memory."""
+    out = np.empty(len(vecs), dtype=np.int64)
+    for s in range(0, len(vecs), chunk):
+        out[s : s + chunk] = np.argmax(vecs[s : s + chunk] @ centroids.T, axis=1)
+    return out
+
+
 class NumpyIndex:
     """Cosine search over unit vectors, partitioned by owner.
 
@@ -158,17 +205,8 @@ class NumpyIndex:
     def _train(self, rows: list[int]) -> None:
         rng = np.random.default_rng(self.seed)
         n = len(rows)
-        nlist = self.nlist or max(16, int(2 * math.sqrt(n)))
-        sample = self.vecs[rng.choice(rows, size=min(n, nlist * 20), replace=False)]
-        cent = sample[rng.choice(len(sample), size=nlist, replace=False)].copy()
-        for _ in range(6):  # spherical k-means: a few rounds are plenty for a coarse quantiser
-            assign = np.argmax(sample @ cent.T, axis=1)
-            sums = np.zeros_like(cent)
-            np.add.at(sums, assign, sample)
-            norms = np.linalg.norm(sums, axis=1, keepdims=True)
-            empty = norms[:, 0] == 0
-            cent = np.where(empty[:, None], cent, sums / np.clip(norms, 1e-12, None))
-        self.centroids = cent.astype(np.float32)
+        nlist = self.nlist or ivf_nlist(n)
+        self.centroids = kmeans(self.vecs[rng.choice(rows, size=min(n, nlist * 20), replace=False)], nlist, self.seed)
 
     def _assign(self, rows: np.ndarray) -> list[np.ndarray]:
         assert self.centroids is not None
@@ -273,9 +311,9 @@ class BM25:
 # -- store-backed index ----------------------------------------------------------------
 
 
-def _fts_match(query: str) -> str:
-    # Quoted terms OR-ed: user text must never be parsed as FTS5 syntax.
-    return " OR ".join(f'"{w}"' for w in dict.fromkeys(tokenize(query)))
+def _fts_match(terms: Iterable[str]) -> str:
+    # Quoted terms OR-ed: user text must never be parsed as FTS5 syntax (tokenize() leaves only [a-z0-9]).
+    return " OR ".join(f'"{w}"' for w in dict.fromkeys(terms))
 
 
 def _load_sqlite_vec(dbapi_conn: Any) -> None:
@@ -297,6 +335,19 @@ class MemoryIndex:
 
     #: How often (seconds) the numpy backend checks the table for writes by other processes.
     recheck_s = 5.0
+    #: From this many indexed vectors on, the SQLite backend leaves sqlite-vec's brute force for ``memory_ivf``.
+    ivf_min = 10_000
+    #: An owner with fewer vectors than this is scanned in full (exact); a larger one through its nearest cells.
+    ivf_exact = 2_000
+    #: Cells read per query and owner (recall against speed; see docs/benchmarks.md, "Scale").
+    ivf_nprobe = 16
+    #: The cells are re-trained (and every vector re-assigned) once the index has grown this many times over.
+    ivf_regrow = 4.0
+    #: Full-text terms in more documents than this are left out of the FTS5 query: ranking their matches
+    #: costs time in proportion to the matches, and so common a word says little about relevance.
+    lexical_max_df = 1_000
+    #: Seconds a term's document count is remembered.
+    df_ttl_s = 600.0
 
     def __init__(self, store: Store, kind: str = "auto") -> None:
         self.store = store
@@ -305,6 +356,9 @@ class MemoryIndex:
         self._bm25: BM25 | None = None
         self._np_sig: tuple[Any, ...] | None = None
         self._checked_at = 0.0
+        self._cells: tuple[int, np.ndarray] | None = None  # (version, centroids) of memory_ivf
+        self._df: dict[str, int] = {}
+        self._df_at = 0.0
         self.kind = self._open(kind)
         self.lexical_kind = self._open_lexical()
 
@@ -359,6 +413,19 @@ class MemoryIndex:
                 f"memory_id text primary key, owner text partition key, embedding float[{EMBED_DIM}] "
                 "distance_metric=cosine)"
             )
+            # The inverted-file index at scale (see the module docstring): clustered by (owner, cell), so a
+            # query's cells are contiguous ranges; code = the vector as int8 (see ivf_code), scored in C by
+            # sqlite-vec's vec_distance_cosine.
+            conn.exec_driver_sql(
+                "CREATE TABLE IF NOT EXISTS memory_ivf (owner TEXT NOT NULL, cell INTEGER NOT NULL, "
+                "memory_id TEXT NOT NULL, code BLOB NOT NULL, PRIMARY KEY (owner, cell, memory_id)) WITHOUT ROWID"
+            )
+            conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_memory_ivf_memory_id ON memory_ivf (memory_id)")
+            # One row once the IVF is in use: the centroids, their version, and the vector counts.
+            conn.exec_driver_sql(
+                "CREATE TABLE IF NOT EXISTS memory_ivf_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                "version INTEGER NOT NULL, trained_n INTEGER NOT NULL, n INTEGER NOT NULL, centroids BLOB NOT NULL)"
+            )
 
     def _setup_pgvector(self) -> None:
         with self.store.write() as conn:
@@ -375,18 +442,19 @@ class MemoryIndex:
 
     # -- writes (inside the caller's transaction) --------------------------------------
 
-    def add(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Index memory rows (dicts of the ``memories`` table); inactive ones are removed instead."""
+    def add(self, conn: sa.Connection, rows: Sequence[dict[str, Any]], replace: bool = True) -> None:
+        """Index memory rows (dicts of the ``memories`` table); inactive ones are removed instead.
+
+        ``replace=False`` skips removing earlier entries of the same ids (a rebuild into a cleared index).
+        """
         live = [r for r in rows if r.get("active", True) and r.get("embedding")]
-        self.remove(conn, [r["id"] for r in rows])
+        if replace:
+            self.remove(conn, [r["id"] for r in rows])
         if not live:
             return
         owners = [owner_of(r["scope"], r["user_id"]) for r in live]
         if self.kind == "sqlite-vec":
-            conn.exec_driver_sql(
-                "INSERT INTO memory_vec(memory_id, owner, embedding) VALUES (?, ?, ?)",
-                [(r["id"], o, r["embedding"]) for r, o in zip(live, owners, strict=True)],
-            )
+            self._vec_add(conn, [r["id"] for r in live], owners, [r["embedding"] for r in live])
         elif self.kind == "pgvector":
             conn.execute(
                 sa.text("INSERT INTO memory_vectors(memory_id, owner, embedding) VALUES (:i, :o, CAST(:e AS vector))"),
@@ -415,6 +483,9 @@ class MemoryIndex:
             marks = ",".join("?" * len(chunk))
             if self.kind == "sqlite-vec":
                 conn.exec_driver_sql(f"DELETE FROM memory_vec WHERE memory_id IN ({marks})", tuple(chunk))
+                gone = conn.exec_driver_sql(f"DELETE FROM memory_ivf WHERE memory_id IN ({marks})", tuple(chunk))
+                if gone.rowcount:
+                    conn.exec_driver_sql("UPDATE memory_ivf_state SET n = n - ?", (gone.rowcount,))
             elif self.kind == "pgvector":
                 conn.execute(sa.text("DELETE FROM memory_vectors WHERE memory_id = ANY(:ids)"), {"ids": chunk})
             if self.lexical_kind == "fts5":
@@ -429,6 +500,8 @@ class MemoryIndex:
     def clear(self, conn: sa.Connection) -> None:
         if self.kind == "sqlite-vec":
             conn.exec_driver_sql("DELETE FROM memory_vec")
+            conn.exec_driver_sql("DELETE FROM memory_ivf")
+            conn.exec_driver_sql("DELETE FROM memory_ivf_state")
         elif self.kind == "pgvector":
             conn.exec_driver_sql("DELETE FROM memory_vectors")
         if self.lexical_kind == "fts5":
@@ -444,6 +517,8 @@ class MemoryIndex:
             out: list[tuple[str, float]] = []
             blob = to_blob(query)
             with self.store.read() as conn:
+                if self._ivf_centroids(conn) is not None:
+                    return self._ivf_search(conn, query, owners, k)
                 for o in dict.fromkeys(owners):
                     rows = conn.exec_driver_sql(
                         "SELECT memory_id, distance FROM memory_vec WHERE embedding MATCH ? AND k = ? AND owner = ?",
@@ -468,15 +543,27 @@ class MemoryIndex:
         if not tokenize(query):
             return []
         if self.lexical_kind == "fts5":
-            tags = " OR ".join(f'"{owner_tag(o)}"' for o in dict.fromkeys(owners))
-            match = f"body : ({_fts_match(query)}) AND owner_tag : ({tags})"
+            sql = (
+                "SELECT memory_id, bm25(memory_search), owner_tag FROM memory_search WHERE memory_search MATCH ? "
+                "ORDER BY bm25(memory_search) LIMIT ?"
+            )
+            found: list[tuple[str, float]] = []
             with self.store.read() as conn:
-                rows = conn.exec_driver_sql(
-                    "SELECT memory_id, bm25(memory_search) FROM memory_search WHERE memory_search MATCH ? "
-                    "ORDER BY bm25(memory_search) LIMIT ?",
-                    (match, k),
-                ).all()
-            return [(r[0], -float(r[1])) for r in rows]
+                terms = self._rare_terms(conn, list(dict.fromkeys(tokenize(query))))
+                if not terms:
+                    return []
+                body = f"body : ({_fts_match(terms)})"
+                cap = self.lexical_max_df
+                tags = {owner_tag(o): self._df_of(conn, "owner_tag", owner_tag(o), cap) for o in dict.fromkeys(owners)}
+                small = [g for g, n in tags.items() if n <= cap]
+                large = {g for g, n in tags.items() if n > cap}
+                if small:  # the owner as a token in the query: its doclist is short, so the AND is cheap
+                    match = f"{body} AND owner_tag : ({_fts_match(small)})"
+                    found += [(r[0], -float(r[1])) for r in conn.exec_driver_sql(sql, (match, k)).all()]
+                if large:  # an AND with a long owner doclist costs more than the rare terms' matches: filter after
+                    rows = conn.exec_driver_sql(sql, (body, 4 * k)).all()
+                    found += [(r[0], -float(r[1])) for r in rows if r[2] in large][:k]
+            return sorted(found, key=lambda x: -x[1])[:k]
         if self.lexical_kind == "tsvector":
             m = t.memories
             body = sa.func.coalesce(m.c.situation, "") + " " + m.c.text
@@ -492,6 +579,144 @@ class MemoryIndex:
             with self.store.read() as conn:
                 return [(r[0], float(r[1])) for r in conn.execute(q)]
         return self._bm25_index().search(query, owners, k)
+
+    # -- SQLite at scale: the inverted-file index and the full-text term filter -------------
+
+    def _df_of(self, conn: sa.Connection, column: str, token: str, cap: int) -> int:
+        """How many documents hold ``token`` in ``column``, counted up to ``cap + 1`` (and remembered a while)."""
+        now = time.monotonic()
+        if now - self._df_at > self.df_ttl_s or len(self._df) > 100_000:
+            self._df, self._df_at = {}, now
+        key = f"{column}:{token}"
+        if key not in self._df:
+            self._df[key] = conn.exec_driver_sql(
+                "SELECT count(*) FROM (SELECT 1 FROM memory_search WHERE memory_search MATCH ? LIMIT ?)",
+                (f'{column} : "{token}"', cap + 1),
+            ).scalar_one()
+        return self._df[key]
+
+    def _rare_terms(self, conn: sa.Connection, terms: list[str]) -> list[str]:
+        """The terms in at most :attr:`lexical_max_df` documents."""
+        return [w for w in terms if self._df_of(conn, "body", w, self.lexical_max_df) <= self.lexical_max_df]
+
+    def _ivf_state(self, conn: sa.Connection) -> Any:
+        return conn.exec_driver_sql("SELECT version, trained_n, n FROM memory_ivf_state").first()
+
+    def _ivf_centroids(self, conn: sa.Connection) -> np.ndarray | None:
+        """The cells' centroids while the IVF is in use (cached by version), else None."""
+        version = conn.exec_driver_sql("SELECT version FROM memory_ivf_state").scalar()
+        if version is None:
+            return None
+        cached = self._cells
+        if cached is None or cached[0] != version:
+            blob = conn.exec_driver_sql("SELECT centroids FROM memory_ivf_state").scalar_one()
+            cached = self._cells = (version, np.frombuffer(blob, dtype="<f4").reshape(-1, EMBED_DIM))
+        return cached[1]
+
+    def _vec_add(self, conn: sa.Connection, ids: list[str], owners: list[str], blobs: list[bytes]) -> None:
+        state = self._ivf_state(conn)
+        if state is None:
+            conn.exec_driver_sql(
+                "INSERT INTO memory_vec(memory_id, owner, embedding) VALUES (?, ?, ?)",
+                list(zip(ids, owners, blobs, strict=True)),
+            )
+            if conn.exec_driver_sql("SELECT count(*) FROM memory_vec").scalar_one() >= self.ivf_min:
+                self._ivf_train(conn)
+            return
+        cent = self._ivf_centroids(conn)
+        assert cent is not None
+        vecs = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, EMBED_DIM)
+        self._ivf_insert(conn, ids, owners, vecs, nearest_cells(vecs, cent))
+        conn.exec_driver_sql("UPDATE memory_ivf_state SET n = n + ?", (len(ids),))
+        if state.n + len(ids) >= self.ivf_regrow * state.trained_n:
+            self._ivf_train(conn)
+
+    @staticmethod
+    def _ivf_insert(
+        conn: sa.Connection, ids: Sequence[str], owners: Sequence[str], vecs: np.ndarray, cells: np.ndarray
+    ) -> None:
+        codes = ivf_code(vecs)
+        order = sorted(range(len(ids)), key=lambda i: (owners[i], int(cells[i])))
+        for s in range(0, len(order), 10_000):
+            conn.exec_driver_sql(
+                "INSERT INTO memory_ivf(owner, cell, memory_id, code) VALUES (?, ?, ?, ?)",
+                [(owners[i], int(cells[i]), ids[i], codes[i].tobytes()) for i in order[s : s + 10_000]],
+            )
+
+    def _ivf_train(self, conn: sa.Connection, sample: np.ndarray | None = None, expected: int | None = None) -> None:
+        """(Re)train the cells and move every indexed vector into ``memory_ivf`` under them.
+
+        With ``sample`` (a rebuild that knows its rows up front), train on it and start empty, expecting
+        ``expected`` vectors; otherwise read every vector from ``memory_vec`` and ``memory_ivf``.
+        """
+        t0 = time.perf_counter()
+        ids: list[str] = []
+        owners: list[str] = []
+        vecs = np.zeros((0, EMBED_DIM), dtype=np.float32)
+        if sample is None:
+            parts = []
+            for sql, dt in (
+                ("SELECT memory_id, owner, embedding FROM memory_vec", "<f4"),
+                ("SELECT memory_id, owner, code FROM memory_ivf", "i1"),
+            ):
+                rows = conn.exec_driver_sql(sql).all()
+                ids.extend(r[0] for r in rows)
+                owners.extend(r[1] for r in rows)
+                if rows:
+                    part = np.frombuffer(b"".join(r[2] for r in rows), dtype=dt).reshape(-1, EMBED_DIM)
+                    parts.append(part.astype(np.float32) / _CODE_SCALE if dt == "i1" else part)
+            vecs = np.concatenate(parts).astype(np.float32) if parts else vecs
+            sample = vecs
+            expected = len(ids)
+        if not len(sample):
+            return
+        n = max(expected or 0, len(sample))
+        nlist = ivf_nlist(n)
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(sample), size=min(len(sample), nlist * 20), replace=False)
+        cent = kmeans(sample[pick], nlist)
+        version = int.from_bytes(os.urandom(7), "little")  # unique, so a rolled-back retrain is never mistaken
+        conn.exec_driver_sql("DELETE FROM memory_vec")
+        conn.exec_driver_sql("DELETE FROM memory_ivf")
+        conn.exec_driver_sql("DELETE FROM memory_ivf_state")
+        conn.exec_driver_sql(
+            "INSERT INTO memory_ivf_state(id, version, trained_n, n, centroids) VALUES (1, ?, ?, ?, ?)",
+            (version, n, len(ids), to_blob(cent)),
+        )
+        if ids:
+            self._ivf_insert(conn, ids, owners, vecs, nearest_cells(vecs, cent))
+        log.info("memory index: %d cells trained over %d vectors in %.1fs", nlist, n, time.perf_counter() - t0)
+
+    def _ivf_search(
+        self, conn: sa.Connection, query: np.ndarray, owners: Sequence[str], k: int
+    ) -> list[tuple[str, float]]:
+        cent = self._ivf_centroids(conn)
+        assert cent is not None
+        q = np.asarray(query, dtype=np.float32)
+        code = ivf_code(q[None, :])[0].tobytes()
+        near: list[int] | None = None
+        out: list[tuple[str, float]] = []
+        for o in dict.fromkeys(owners):
+            size = conn.exec_driver_sql(
+                "SELECT count(*) FROM (SELECT 1 FROM memory_ivf WHERE owner = ? LIMIT ?)", (o, self.ivf_exact)
+            ).scalar_one()
+            if size < self.ivf_exact:  # a small owner: all of its vectors
+                rows = conn.exec_driver_sql(
+                    "SELECT memory_id, vec_distance_cosine(vec_int8(code), vec_int8(?)) AS d FROM memory_ivf "
+                    "WHERE owner = ? ORDER BY d LIMIT ?",
+                    (code, o, k),
+                ).all()
+            else:  # a large owner: its vectors in the cells nearest to the query
+                if near is None:
+                    near = np.argsort(-(cent @ q))[: self.ivf_nprobe].tolist()
+                marks = ",".join("?" * len(near))
+                rows = conn.exec_driver_sql(
+                    "SELECT memory_id, vec_distance_cosine(vec_int8(code), vec_int8(?)) AS d FROM memory_ivf "
+                    f"WHERE owner = ? AND cell IN ({marks}) ORDER BY d LIMIT ?",
+                    (code, o, *near, k),
+                ).all()
+            out.extend((r[0], 1.0 - float(r[1])) for r in rows)
+        return sorted(out, key=lambda x: -x[1])[:k]
 
     # -- in-process backends ---------------------------------------------------------------
 
@@ -580,10 +805,23 @@ def rebuild_index(store: Store, kind: str = "auto") -> dict[str, Any]:
     """Re-derive the index from the ``memories`` table (after a restore, or to switch backends)."""
     idx = get_index(store, kind)
     m = t.memories
-    with store.read() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.select(m).where(m.c.active.is_(True)))]
+    live = sa.and_(m.c.active.is_(True), m.c.embedding.is_not(None))
+    cols = (m.c.id, m.c.scope, m.c.user_id, m.c.embedding, m.c.situation, m.c.text)
+    total = 0
     with store.write() as conn:
         idx.clear(conn)
-        for s in range(0, len(rows), 1000):
-            idx.add(conn, rows[s : s + 1000])
-    return {"index": idx.kind, "indexed": len(rows)}
+        n = conn.execute(sa.select(sa.func.count()).where(live)).scalar_one()
+        if idx.kind == "sqlite-vec" and n >= idx.ivf_min:  # train the cells once, on an even sample
+            step = max(1, n // (ivf_nlist(n) * 20))
+            blobs = conn.execute(sa.select(m.c.embedding).where(live, sa.literal_column("rowid") % step == 0)).all()
+            idx._ivf_train(conn, np.frombuffer(b"".join(b[0] for b in blobs), "<f4").reshape(-1, EMBED_DIM), n)
+        last = None
+        while True:  # in id order, a chunk at a time (a million rows do not fit comfortably in memory at once)
+            q = sa.select(*cols).where(live).order_by(m.c.id).limit(5000)
+            rows = [dict(r._mapping) for r in conn.execute(q if last is None else q.where(m.c.id > last))]
+            if not rows:
+                break
+            idx.add(conn, rows, replace=False)
+            total += len(rows)
+            last = rows[-1]["id"]
+    return {"index": idx.kind, "indexed": total}

@@ -98,7 +98,9 @@ def retrieve(
     if not ids:
         return []
     m = t.memories
-    q = sa.select(m).where(m.c.id.in_(ids), m.c.active.is_(True))
+    # Score on the few columns scoring reads; whole rows are fetched for the final k only.
+    cols = (m.c.id, m.c.scope, m.c.user_id, m.c.embedding, m.c.created_utc, m.c.usefulness, m.c.pinned)
+    q = sa.select(*cols).where(m.c.id.in_(ids), m.c.active.is_(True))
     if kinds:
         q = q.where(m.c.kind.in_(list(kinds)))
     with store.read() as conn:
@@ -136,8 +138,15 @@ def retrieve(
             base += cfg.pinned_bonus if r.pinned else 0.0
         scored.append((base, relevance, cos, lsat, r))
     scored.sort(key=lambda x: -x[0])
+    scored = scored[:k]
+    if not scored:
+        return []
+    with store.read() as conn:
+        full = {r.id: r for r in conn.execute(sa.select(m).where(m.c.id.in_([x[4].id for x in scored])))}
     out = []
-    for base, relevance, cos, lsat, r in scored[:k]:
-        mem = to_memory(r)
+    for base, relevance, cos, lsat, r in scored:
+        if r.id not in full:  # deleted between the two reads
+            continue
+        mem = to_memory(full[r.id])
         out.append(ScoredMemory(mem, base, relevance, cos, lsat, count_tokens(mem.text)))
     return out
