@@ -181,3 +181,37 @@ def test_unreachable_and_scheme() -> None:
     with pytest.raises(ValueError):
         FastUpstream("http://h/v1", headers={"X": "a\r\nb"}, connect_timeout_s=1, read_timeout_s=1,
                      max_connections=1, max_idle=1)  # fmt: skip
+
+
+def test_bare_stub_answers_like_the_asgi_stub() -> None:
+    """``python -m afterword.serve.stub`` (what the load bench and the fault tests run) is a bare asyncio
+    server; it must answer as the Starlette stub does: JSON, errors with their headers, SSE, /models, 404."""
+    import httpx
+
+    from afterword.serve.stub import _RawStub
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _RawStub(1.0), "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        async with server, httpx.AsyncClient(base_url=base) as c:
+            msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+            r = await c.post("/chat/completions", json={"model": "m", "messages": msgs})
+            assert r.status_code == 200 and r.headers["x-stub"] == "json"
+            assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "echo: hi there"}
+            r = await c.post("/chat/completions", json={"model": "echo-system", "messages": msgs})
+            assert r.json()["choices"][0]["message"]["content"] == "be brief"
+            r = await c.post("/chat/completions", json={"model": "status-429", "messages": msgs})
+            assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "stub_429"
+            r = await c.post("/chat/completions", json={"model": "drip-5", "messages": msgs, "stream": True})
+            lines = [ln for ln in r.text.split("\n\n") if ln]
+            assert lines[-1] == "data: [DONE]" and r.headers["content-type"].startswith("text/event-stream")
+            deltas = [json.loads(ln[6:])["choices"][0]["delta"] for ln in lines[:-1] if ln.startswith("data:")]
+            text = "".join(d.get("content", "") for d in deltas)
+            assert text == "echo: hi there"
+            assert (await c.get("/models")).json()["data"][0]["id"] == "stub"
+            assert (await c.get("/nope")).status_code == 404
+            r = await c.post("/chat/completions", json={"model": "m", "messages": msgs})  # still keep-alive after all
+            assert r.status_code == 200
+
+    asyncio.run(go())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 import zlib
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,8 +51,14 @@ except ImportError:  # the `serve` extra is not installed: the proxy uses httpx 
 
 
 def available(base_url: str) -> bool:
-    """True when this client can serve ``base_url`` (plain http, and httptools is installed)."""
-    return httptools is not None and urlsplit(base_url).scheme == "http"
+    """True when this client can serve ``base_url``: plain http, no credentials in the URL, no HTTP
+    proxy configured for it in the environment (httpx would honour one), and httptools installed."""
+    if httptools is None:
+        return False
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
+        return False
+    return not (urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(parts.hostname))
 
 
 class UpstreamError(Exception):
@@ -238,7 +245,7 @@ class FastUpstream:
         self.host = parts.hostname
         self.port = parts.port or 80
         self.prefix = parts.path.rstrip("/")
-        lines = [f"Host: {parts.netloc}"]
+        lines = [f"Host: {parts.netloc.rsplit('@', 1)[-1]}"]
         for k, v in headers.items():
             if any(c in f"{k}{v}" for c in "\r\n\0"):
                 raise ValueError(f"invalid upstream header {k!r}")
