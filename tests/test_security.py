@@ -115,6 +115,10 @@ _SAFE = {
         "', '.join(cols)",
         "', '.join((c.name for c in cols))",
         "', '.join('?' * len(cols))",
+        # _sqlite_insert_or_ignore: a schema table's name and a subset of its column names.
+        "table",
+        "', '.join(names)",
+        "', '.join('?' * len(names))",
     },
     "store/search.py": {"marks"},  # ",".join("?" * len(chunk))
     "memory/index.py": {"marks", "EMBED_DIM"},
