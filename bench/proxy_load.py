@@ -177,6 +177,7 @@ async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, 
     async def one(i: int, payload: bytes) -> None:
         nonlocal opened
         t0 = time.perf_counter()
+        starts[i] = t0 - t_start
         async with slot:
             conn = None
             try:
@@ -200,6 +201,7 @@ async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, 
             if not conn.closed:
                 idle.append(conn)
         dt = (time.perf_counter() - t0) * 1000
+        trace.append((starts[i], dt))
         if status == 200:
             lat.append(dt)
             if mid:
@@ -209,6 +211,8 @@ async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, 
 
     tasks = []
     payloads = [body_for(tag, i) for i in range(n)]
+    starts = [0.0] * n
+    trace: list[tuple[float, float]] = []
     t_start = time.perf_counter()
     for i in range(n):
         delay = t_start + i / rate - time.perf_counter()
@@ -226,7 +230,12 @@ async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, 
     for c in idle:
         if c.transport is not None:
             c.transport.close()
-    return _summary(n, rate, wall, lat, errors, lag_ms, ids) | {"connections_opened": opened}
+    worst = sorted(trace, key=lambda x: -x[1])[: max(1, n // 100)]
+    return _summary(n, rate, wall, lat, errors, lag_ms, ids) | {
+        "connections_opened": opened,
+        # When the slowest 1% were sent (s into the run): spread out = machine noise, bunched = a stall.
+        "slowest_1pct_sent_at_s": sorted(round(t, 1) for t, _ in worst),
+    }
 
 
 async def load_httpx(host: str, port: int, rate: float, seconds: float, tag: str, conns: int) -> dict[str, Any]:
