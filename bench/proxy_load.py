@@ -375,11 +375,12 @@ def main() -> None:
         )  # fmt: skip
         wait_http(f"http://127.0.0.1:{px}/healthz", 60)
         meter = CpuMeter({"stub": procs[0].pid, "proxy": procs[1].pid, "postgres": postmaster_pid(tmp / "pg")})
-        run_phase(args.client, px, 50, 2, "warmup", args.connections, None)
-        run_phase(args.client, up, 50, 2, "warmup", args.connections, None)
+        # Each target is warmed up right before its own phase (connections opened, code paths hot).
         if not args.no_direct:
+            run_phase(args.client, up, 50, 2, "warmup", args.connections, None)
             direct = run_phase(args.client, up, args.rate, args.seconds, "direct", args.connections, meter)
             direct.pop("ids")
+        run_phase(args.client, px, 50, 2, "warmup", args.connections, None)
         proxied = run_phase(args.client, px, args.rate, args.seconds, "proxy", args.connections, meter)
         ids = proxied.pop("ids")
         store = Store(url)
