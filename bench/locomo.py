@@ -1,6 +1,9 @@
 """LoCoMo evidence retrieval: recall@1/5/10 and latency, hybrid vs BM25-only vs dense-only.
 
-python bench/locomo.py /work/shared/data/locomo/locomo_dev7.json [--json]
+python bench/locomo.py /work/shared/data/locomo/locomo_dev7.json [--json] [--heldout]
+
+--heldout adds the generalisation check of the hybrid's fitted weights: each sample scored with weights fitted
+on the other samples (leave one out), and the samples split in two halves, each scored with the other's weights.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from afterword.memory.bench import run_locomo_bench
+from afterword.memory.bench import run_locomo_bench, run_locomo_heldout
 
 
 def main() -> None:
@@ -20,9 +23,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=None, help="Only the first N samples.")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "locomo.json")
     ap.add_argument("--json", action="store_true", help="Print the result as one JSON line.")
+    ap.add_argument("--heldout", action="store_true", help="Also run the held-out check of the fitted weights.")
     args = ap.parse_args()
     t0 = time.perf_counter()
     res = run_locomo_bench(args.path, limit_samples=args.samples)
+    if args.heldout:
+        res["heldout"] = run_locomo_heldout(args.path, limit_samples=args.samples)
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +47,20 @@ def main() -> None:
     print("recall@5 by category (hybrid):")
     for c, v in res["by_category"].items():
         print(f"  {c:12s} n={v['n']:4d}  R@5={v['recall_at_5']:.3f}")
+    if "heldout" in res:
+        h = res["heldout"]
+        lo = h["leave_one_out"]
+        print(
+            f"held out, leave one sample out: R@1 {lo['recall_at_1']:.3f} R@5 {lo['recall_at_5']:.3f} "
+            f"R@10 {lo['recall_at_10']:.3f} (shipped weights, all samples: R@5 {h['shipped']['recall_at_5']:.3f})"
+        )
+        for part in h["halves"]:
+            print(
+                f"held out, tuned on {len(part['tuned_on'])} samples, checked on {len(part['checked_on'])}: "
+                f"R@5 {part['held_out']['recall_at_5']:.3f} "
+                f"(shipped weights on the same: {part['shipped']['recall_at_5']:.3f})"
+            )
+        print(f"weights fitted on all samples: {h['fitted_on_all']}")
     print("(latency on a 2-core machine shared with other engineers' jobs; p*_ms include embedding the question)")
     print(f"wrote {args.out}")
 

@@ -9,6 +9,10 @@ without evidence are skipped); ``hit@k`` (any evidence turn in the top k) is
 reported beside it. Latency ``p50_ms``/``p95_ms`` is one query end to end: embedding the question
 and scoring the user's turns; ``search_p*_ms`` leaves the embedding out. BM25-only and dense-only run in the same pass
 as baselines.
+
+:func:`fit_turn_weights` fits the hybrid's weights (:data:`afterword.memory.turns.WEIGHTS`) on a set of
+samples; :func:`run_locomo_heldout` shows whether they generalise: each sample scored with weights fitted on the
+*other* samples (leave one out), and the file split into two halves, each scored with weights from the other.
 """
 
 from __future__ import annotations
@@ -22,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from afterword.embed import get_embedder
 from afterword.importers.locomo import load_qa, parse
-from afterword.memory.turns import Turn, TurnIndex
+from afterword.memory.turns import FEATURES, Turn, TurnIndex
 
-__all__ = ["run_locomo_bench", "normalise_evidence", "CATEGORIES"]
+__all__ = ["run_locomo_bench", "run_locomo_heldout", "fit_turn_weights", "normalise_evidence", "CATEGORIES"]
 
 #: LoCoMo's QA categories as numbered in the released data.
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -48,6 +51,125 @@ def _pct(xs: list[float], p: float) -> float:
     return round(float(np.percentile(xs, p)), 2) if xs else 0.0
 
 
+def _load(
+    path: str | Path, limit_samples: int | None = None, progress: Callable[[float], None] | None = None
+) -> tuple[list[str], dict[str, TurnIndex], list[dict[str, Any]], float]:
+    """Each sample's TurnIndex (turns carry their message time) and the questions that have evidence."""
+    convs = [c for c in parse(path) if not isinstance(c, Exception)]
+    by_user: dict[str, list[Turn]] = defaultdict(list)
+    for c in convs:
+        for m in c.messages:
+            by_user[str(c.user_id)].append(
+                Turn(
+                    str(m.metadata.get("dia_id")),
+                    str(c.external_id),
+                    str(m.metadata.get("speaker")),
+                    m.content,
+                    m.created_utc,
+                )
+            )
+    users = list(by_user)[:limit_samples] if limit_samples else list(by_user)
+    t0 = time.perf_counter()
+    indexes = {}
+    for u in users:
+        indexes[u] = TurnIndex(by_user[u])
+        if progress:
+            progress(0)
+    index_s = time.perf_counter() - t0
+    qa = load_qa(path)
+    questions = [q for q in qa if q["sample_id"] in indexes and normalise_evidence(q.get("evidence", []))]
+    return users, indexes, questions, index_s
+
+
+_Row = tuple[str, int, np.ndarray, np.ndarray]  # sample, category, features (turns × FEATURES), evidence mask
+
+
+def _feature_rows(indexes: dict[str, TurnIndex], questions: list[dict[str, Any]]) -> list[_Row]:
+    rows = []
+    for q in questions:
+        idx = indexes[q["sample_id"]]
+        ev = set(normalise_evidence(q["evidence"]))
+        y = np.array([t.id in ev for t in idx.turns], dtype=np.float64)
+        if y.any():
+            rows.append((q["sample_id"], int(q.get("category", 0)), idx.features(q["question"]), y))
+    return rows
+
+
+def fit_turn_weights(rows: list[_Row], c: float = 1.0) -> dict[str, float]:
+    """Logistic regression of "is an evidence turn" on the TurnIndex signals, classes balanced."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.vstack([r[2] for r in rows])
+    y = np.concatenate([r[3] for r in rows])
+    model = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(x, y)
+    return {f: round(float(w), 3) for f, w in zip(FEATURES, model.coef_[0], strict=True)}
+
+
+def _recall(rows: list[_Row], weights: dict[str, float]) -> dict[str, Any]:
+    w = np.array([weights[f] for f in FEATURES])
+    rec: dict[int, list[float]] = {k: [] for k in _KS}
+    cat: dict[int, list[float]] = defaultdict(list)
+    for _, c, f, y in rows:
+        top = np.argsort(-(f @ w), kind="stable")[: max(_KS)]
+        for k in _KS:
+            rec[k].append(float(y[top[:k]].sum() / y.sum()))
+        cat[c].append(rec[5][-1])
+    return {
+        **{f"recall_at_{k}": round(float(np.mean(v)), 4) if v else 0.0 for k, v in rec.items()},
+        "n": len(rows),
+        "by_category_recall_at_5": {
+            CATEGORIES.get(c, str(c)): round(float(np.mean(v)), 4) for c, v in sorted(cat.items())
+        },
+    }
+
+
+def run_locomo_heldout(path: str | Path, *, limit_samples: int | None = None) -> dict[str, Any]:
+    """Do the hybrid weights generalise? Leave-one-sample-out and two-halves recall, beside the shipped weights."""
+    from afterword.memory.turns import WEIGHTS
+
+    users, indexes, questions, _ = _load(path, limit_samples)
+    rows = _feature_rows(indexes, questions)
+    by_user = {u: [r for r in rows if r[0] == u] for u in users}
+    loso_rows: list[tuple[list[_Row], dict[str, float]]] = []
+    per_sample = {}
+    for u in users:
+        w = fit_turn_weights([r for r in rows if r[0] != u])
+        loso_rows.append((by_user[u], w))
+        per_sample[u] = {
+            "held_out": _recall(by_user[u], w)["recall_at_5"],
+            "shipped": _recall(by_user[u], WEIGHTS)["recall_at_5"],
+        }
+    # Pool the held-out rankings: score every question with the weights its own sample did not see.
+    pooled: dict[int, list[float]] = {k: [] for k in _KS}
+    for rs, w in loso_rows:
+        r = _recall(rs, w)
+        for k in _KS:
+            pooled[k].append(r[f"recall_at_{k}"] * r["n"])
+    n = len(rows)
+    half = (len(users) + 1) // 2
+    a, b = users[:half], users[half:]
+    halves = []
+    for train, test in ((a, b), (b, a)):
+        w = fit_turn_weights([r for r in rows if r[0] in train])
+        test_rows = [r for r in rows if r[0] in test]
+        halves.append(
+            {
+                "tuned_on": train,
+                "checked_on": test,
+                "held_out": _recall(test_rows, w),
+                "shipped": _recall(test_rows, WEIGHTS),
+            }
+        )
+    return {
+        "leave_one_out": {f"recall_at_{k}": round(sum(v) / n, 4) for k, v in pooled.items()},
+        "leave_one_out_per_sample_recall_at_5": per_sample,
+        "halves": halves,
+        "shipped": _recall(rows, WEIGHTS),
+        "fitted_on_all": fit_turn_weights(rows),
+        "questions": n,
+    }
+
+
 def run_locomo_bench(
     path: str | Path,
     *,
@@ -56,35 +178,18 @@ def run_locomo_bench(
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Recall@1/5/10 of evidence turns, overall and per category, with p50/p95 latency per mode."""
-    convs = [c for c in parse(path) if not isinstance(c, Exception)]
-    qa = load_qa(path)
-    by_user: dict[str, list[Turn]] = defaultdict(list)
-    for c in convs:
-        for m in c.messages:
-            by_user[str(c.user_id)].append(
-                Turn(str(m.metadata.get("dia_id")), str(c.external_id), str(m.metadata.get("speaker")), m.content)
-            )
-    users = list(by_user)[:limit_samples] if limit_samples else list(by_user)
-    emb = get_embedder()
-    t0 = time.perf_counter()
-    indexes = {}
-    for u in users:
-        indexes[u] = TurnIndex(by_user[u])
-        if progress:
-            progress(0)
-    index_s = time.perf_counter() - t0
+    users, indexes, questions, index_s = _load(path, limit_samples, progress)
     rec: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
     hit: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
     cat: dict[str, dict[int, dict[int, list[float]]]] = {md: defaultdict(lambda: {k: [] for k in _KS}) for md in modes}
     lat: dict[str, list[float]] = {md: [] for md in modes}
     search_lat: dict[str, list[float]] = {md: [] for md in modes}
-    questions = [q for q in qa if q["sample_id"] in indexes and normalise_evidence(q.get("evidence", []))]
     for q in questions:
         ev = set(normalise_evidence(q["evidence"]))
         idx = indexes[q["sample_id"]]
         for md in modes:
             t1 = time.perf_counter()
-            qv = emb.encode_one(q["question"]) if md != "bm25" else None
+            qv = idx.query_vector(q["question"]) if md != "bm25" else None
             t2 = time.perf_counter()
             got = [t.id for t, _ in idx.search(q["question"], k=max(_KS), mode=md, qvec=qv)]
             t3 = time.perf_counter()

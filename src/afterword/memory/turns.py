@@ -2,17 +2,38 @@
 
 Lessons and preferences are distilled memories; sometimes the evidence is
 just something said in a past session ("when did Caroline go to the support
-group?"). :class:`TurnIndex` indexes one user's turns for that, in process:
+group?"). :class:`TurnIndex` indexes one user's turns for that, in process.
 
-- each turn is embedded once, as ``"Speaker: text"``; its *context vector* is
-  the normalised sum of its own and its neighbours' vectors in the same
-  session (the ±1 window, with no extra encoding);
-- BM25 (light stemming) runs over the turn and over its window;
-- hybrid score = mean cosine of turn and context vectors + ``lexical_weight``
-  × (turn BM25 + ½ window BM25, each scaled by its best score);
-- then *neighbour smoothing*: a turn gains ``smoothing`` × the best score of
-  its session neighbours, because an answer often sits one turn after the
-  question that names the topic.
+Each turn is embedded once, as its text alone: the speaker's name is left out
+of the vector because every question names someone, and a name in both the
+question and a short turn ("Maria: Yeah, John!") made that turn look relevant.
+For the same reason the speakers' names are taken out of the question before
+it is embedded (:meth:`TurnIndex.query_vector`). Names still count, through
+BM25 (which indexes ``"Speaker: text"``) and the ``speaker`` signal.
+
+The hybrid score is a weighted sum of per-turn signals (:data:`FEATURES`):
+
+- ``cos_turn`` / ``cos_context``: cosine of the question with the turn's
+  vector and with its *context vector* (the normalised sum of its own and its
+  ±1 same-session neighbours' vectors; no extra encoding);
+- ``bm25_turn`` / ``bm25_window``: BM25 (light stemming) over the turn and
+  over its ±1 window, each scaled by the query's best score;
+- ``neighbour``: the best base score (the earlier fixed blend of the four
+  above) among the ±1 neighbours, since an answer often sits one turn after
+  the question that names the topic; ``prev_*`` / ``next_*``: the previous and
+  next turn's own cosine and BM25, each on its own;
+- ``session``: the mean of the three best base scores in the turn's session
+  (a session about the topic);
+- ``speaker``: the turn's speaker is named in the question;
+- ``date``: the question names a date ("on 9 November, 2022", "in May 2023")
+  and the turn was said that day (1), within a week of it (½), in that
+  month (1) or in the ten days after it (½); needs :attr:`Turn.time`;
+- ``length``: log(1 + words): short acknowledgements rarely answer anything.
+
+The weights (:data:`WEIGHTS`) are a logistic regression of "is an evidence
+turn" on these signals, fitted on LoCoMo with
+:func:`afterword.memory.bench.fit_turn_weights`; held-out checks (leave one
+conversation out, and two halves) are in ``docs/benchmarks.md``.
 
 ``mode="dense"`` and ``mode="bm25"`` are the single-signal baselines
 (turn cosine only, turn BM25 only).
@@ -20,15 +41,60 @@ group?"). :class:`TurnIndex` indexes one user's turns for that, in process:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import calendar
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
 from afterword.embed import get_embedder
 from afterword.memory.index import BM25
 
-__all__ = ["Turn", "TurnIndex"]
+__all__ = ["Turn", "TurnIndex", "FEATURES", "WEIGHTS", "question_dates"]
+
+FEATURES = (
+    "cos_turn",
+    "cos_context",
+    "bm25_turn",
+    "bm25_window",
+    "neighbour",
+    "prev_cos",
+    "next_cos",
+    "prev_bm25",
+    "next_bm25",
+    "session",
+    "speaker",
+    "date",
+    "length",
+)
+
+#: Logistic-regression weights of :data:`FEATURES`, fitted on the 7 LoCoMo conversations of
+#: ``locomo_dev7.json`` (``run_locomo_heldout(...)["fitted_on_all"]``; see the module docstring).
+WEIGHTS: dict[str, float] = {
+    "cos_turn": 0.718,
+    "cos_context": 9.707,
+    "bm25_turn": 1.842,
+    "bm25_window": 1.221,
+    "neighbour": 6.922,
+    "prev_cos": -6.45,
+    "next_cos": -6.31,
+    "prev_bm25": -0.628,
+    "next_bm25": -1.642,
+    "session": 1.238,
+    "speaker": 2.182,
+    "date": 1.784,
+    "length": 1.032,
+}
+
+_MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
+_MONTHS.update({m.lower(): i for i, m in enumerate(calendar.month_abbr) if m})
+_MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+{_MONTH},?\s+(\d{{4}})\b", re.I)
+_MDY = re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I)
+_MY = re.compile(rf"\b{_MONTH},?\s+(\d{{4}})\b", re.I)
+_DAY = 86400.0
 
 
 @dataclass
@@ -37,6 +103,24 @@ class Turn:
     session: str
     speaker: str
     text: str
+    time: datetime | None = None
+
+
+def _date(year: str, month: str, day: str = "1") -> datetime | None:
+    try:
+        return datetime(int(year), _MONTHS[month.lower().rstrip(".")], int(day), tzinfo=UTC)
+    except (ValueError, KeyError):
+        return None
+
+
+def question_dates(question: str) -> list[tuple[str, datetime]]:
+    """Dates a question names: ``("day", d)`` for "9 November, 2022" / "November 9, 2022", else ``("month", d)``."""
+    days = [_date(m[3], m[2], m[1]) for m in _DMY.finditer(question)]
+    days += [_date(m[3], m[1], m[2]) for m in _MDY.finditer(question)]
+    out = [("day", d) for d in days if d]
+    if not out:
+        out = [("month", d) for d in (_date(m[2], m[1]) for m in _MY.finditer(question)) if d]
+    return out
 
 
 class TurnIndex:
@@ -47,20 +131,20 @@ class TurnIndex:
         turns: Sequence[Turn],
         vectors: np.ndarray | None = None,
         *,
-        lexical_weight: float = 0.3,
-        smoothing: float = 0.3,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         self.turns = list(turns)
-        self.lexical_weight = lexical_weight
-        self.smoothing = smoothing
-        texts = [f"{t.speaker}: {t.text}" for t in self.turns]
-        self.vecs = vectors if vectors is not None else get_embedder().encode(texts)
+        w = weights if weights is not None else WEIGHTS
+        self.weights = np.array([float(w.get(f, 0.0)) for f in FEATURES])
+        self.vecs = vectors if vectors is not None else get_embedder().encode([t.text for t in self.turns])
         n = len(self.turns)
         self.prev = np.array(
-            [i - 1 if i > 0 and self.turns[i - 1].session == t.session else -1 for i, t in enumerate(self.turns)]
+            [i - 1 if i > 0 and self.turns[i - 1].session == t.session else -1 for i, t in enumerate(self.turns)],
+            dtype=np.int64,
         )
         self.next = np.array(
-            [i + 1 if i + 1 < n and self.turns[i + 1].session == t.session else -1 for i, t in enumerate(self.turns)]
+            [i + 1 if i + 1 < n and self.turns[i + 1].session == t.session else -1 for i, t in enumerate(self.turns)],
+            dtype=np.int64,
         )
         ctx = self.vecs.copy()
         for nb in (self.prev, self.next):
@@ -69,36 +153,108 @@ class TurnIndex:
         self.ctx = ctx / np.clip(np.linalg.norm(ctx, axis=1, keepdims=True), 1e-12, None)
         self.bm_turn = BM25()
         self.bm_win = BM25()
+        texts = [f"{t.speaker}: {t.text}" for t in self.turns]
         for i, text in enumerate(texts):
             window = [texts[j] for j in (self.prev[i], i, self.next[i]) if j >= 0]
             self.bm_turn.add(str(i), "", text)
             self.bm_win.add(str(i), "", " ".join(window))
+        self.speakers = sorted({t.speaker for t in self.turns if t.speaker}, key=len, reverse=True)
+        self._speaker_of = np.array([self.speakers.index(t.speaker) if t.speaker else -1 for t in self.turns])
+        self._names = (
+            re.compile(r"\b(?:" + "|".join(re.escape(s) for s in self.speakers) + r")(?:'s|’s)?\b", re.I)
+            if self.speakers
+            else None
+        )
+        self._days = np.array([t.time.timestamp() / _DAY if t.time else np.nan for t in self.turns])
+        self._length = np.log1p(np.array([len(t.text.split()) for t in self.turns], dtype=np.float64))
+        sessions: dict[str, list[int]] = {}
+        for i, t in enumerate(self.turns):
+            sessions.setdefault(t.session, []).append(i)
+        self._sessions = [np.array(v) for v in sessions.values()]
 
     def __len__(self) -> int:
         return len(self.turns)
 
+    def dense_query(self, query: str) -> str:
+        """The question as embedded: the speakers' names taken out (they are in every turn's BM25 text)."""
+        if self._names is None:
+            return query
+        out = re.sub(r"\s+", " ", self._names.sub("", query)).strip()
+        return out or query
+
+    def query_vector(self, query: str) -> np.ndarray:
+        return get_embedder().encode_one(self.dense_query(query))
+
     def _bm(self, bm: BM25, query: str) -> np.ndarray:
-        out = np.zeros(len(self.turns), dtype=np.float32)
+        out = np.zeros(len(self.turns), dtype=np.float64)
         for i, s in bm.search(query, [""], len(self.turns)):
             out[int(i)] = s
         return out
 
+    def _nb(self, nb: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.where(nb >= 0, v[np.maximum(nb, 0)], 0.0)
+
+    def _date(self, query: str) -> np.ndarray:
+        f = np.zeros(len(self.turns))
+        dates = question_dates(query)
+        if not dates or np.isnan(self._days).all():
+            return f
+        days = np.nan_to_num(self._days, nan=-1e9)
+        for kind, d in dates:
+            x = d.timestamp() / _DAY
+            if kind == "day":
+                delta = np.abs(days - x)
+                f = np.maximum(f, np.where(delta <= 1.01, 1.0, np.where(delta <= 7, 0.5, 0.0)))
+            else:
+                end = x + calendar.monthrange(d.year, d.month)[1]
+                inside = (days >= x) & (days < end)
+                f = np.maximum(f, np.where(inside, 1.0, np.where((days >= end) & (days < end + 10), 0.5, 0.0)))
+        return f
+
+    def features(self, query: str, qvec: np.ndarray | None = None) -> np.ndarray:
+        """The (turns × :data:`FEATURES`) signal matrix for ``query`` (see the module docstring)."""
+        q = qvec if qvec is not None else self.query_vector(query)
+        ct = (self.vecs @ q).astype(np.float64)
+        cc = (self.ctx @ q).astype(np.float64)
+        bt = self._bm(self.bm_turn, query)
+        bw = self._bm(self.bm_win, query)
+        bt = bt / bt.max() if bt.max() > 0 else bt
+        bw = bw / bw.max() if bw.max() > 0 else bw
+        base = (ct + cc) / 2 + 0.3 * (bt + 0.5 * bw)
+        nb = np.maximum(self._nb(self.prev, base), self._nb(self.next, base))
+        sess = np.zeros(len(self.turns))
+        for ix in self._sessions:
+            sess[ix] = np.sort(base[ix])[-3:].mean()
+        named = {
+            i for i, s in enumerate(self.speakers) if self._names and re.search(rf"\b{re.escape(s)}\b", query, re.I)
+        }
+        spk = np.isin(self._speaker_of, list(named)).astype(np.float64) if named else np.zeros(len(self.turns))
+        cols = {
+            "cos_turn": ct,
+            "cos_context": cc,
+            "bm25_turn": bt,
+            "bm25_window": bw,
+            "neighbour": nb,
+            "prev_cos": self._nb(self.prev, ct),
+            "next_cos": self._nb(self.next, ct),
+            "prev_bm25": self._nb(self.prev, bt),
+            "next_bm25": self._nb(self.next, bt),
+            "session": sess,
+            "speaker": spk,
+            "date": self._date(query),
+            "length": self._length,
+        }
+        return np.stack([cols[f] for f in FEATURES], axis=1)
+
     def scores(self, query: str, qvec: np.ndarray | None = None, mode: str = "hybrid") -> np.ndarray:
         if mode == "bm25":
             return self._bm(self.bm_turn, query)
-        q = qvec if qvec is not None else get_embedder().encode_one(query)
+        q = qvec if qvec is not None else self.query_vector(query)
         if mode == "dense":
             return self.vecs @ q
-        s = (self.vecs @ q + self.ctx @ q) / 2
-        for bm, w in ((self.bm_turn, 1.0), (self.bm_win, 0.5)):
-            b = self._bm(bm, query)
-            if b.max() > 0:
-                s = s + self.lexical_weight * w * b / b.max()
-        best_nb = np.full(len(s), -np.inf)
-        for nb in (self.prev, self.next):
-            has = nb >= 0
-            best_nb[has] = np.maximum(best_nb[has], s[nb[has]])
-        return s + self.smoothing * np.where(np.isfinite(best_nb), best_nb, 0.0)
+        if not len(self.turns):
+            return np.zeros(0)
+        return self.features(query, q) @ self.weights
 
     def search(
         self, query: str, k: int = 10, mode: str = "hybrid", qvec: np.ndarray | None = None

@@ -1,0 +1,101 @@
+"""Episodic retrieval over raw turns (TurnIndex) and the LoCoMo bench's held-out check, on written fixtures."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from afterword.memory.bench import run_locomo_bench, run_locomo_heldout
+from afterword.memory.turns import FEATURES, WEIGHTS, Turn, TurnIndex, question_dates
+
+
+def _d(y: int, m: int, d: int) -> datetime:
+    return datetime(y, m, d, 14, 0, tzinfo=UTC)
+
+
+def test_question_dates():
+    assert question_dates("What did John do the week before August 3, 2023?") == [
+        ("day", _d(2023, 8, 3).replace(hour=0))
+    ]
+    assert question_dates("Which games were played on 31 October, 2022?") == [("day", _d(2022, 10, 31).replace(hour=0))]
+    assert question_dates("What did Nate make in Nov 2022?") == [("month", _d(2022, 11, 1).replace(hour=0))]
+    assert question_dates("What is Caroline's identity?") == []
+    assert question_dates("on 45 May, 2023") == [("month", _d(2023, 5, 1).replace(hour=0))]  # no such day
+
+
+def test_speaker_names_are_left_out_of_the_dense_query_and_vectors():
+    turns = [Turn("D1:1", "s1", "Caroline", "I went to a support group."), Turn("D1:2", "s1", "Melanie", "Nice!")]
+    idx = TurnIndex(turns)
+    assert idx.dense_query("When did Caroline's group meet with melanie?") == "When did group meet with ?"
+    assert idx.dense_query("Caroline") == "Caroline"  # nothing left: the question as it was
+    # The vectors are of the text alone (no "Speaker: " prefix).
+    from afterword.embed import get_embedder
+
+    assert np.allclose(idx.vecs[1], get_embedder().encode_one("Nice!"), atol=1e-5)
+
+
+def test_hybrid_uses_the_date_the_question_names():
+    # The same words said in two sessions; the question names the second session's day.
+    turns = [
+        Turn("D1:1", "s1", "John", "We went hiking in the mountains, it was great.", _d(2023, 5, 8)),
+        Turn("D1:2", "s1", "Maria", "Sounds lovely, John.", _d(2023, 5, 8)),
+        Turn("D2:1", "s2", "John", "We went hiking in the mountains, it was great.", _d(2023, 8, 3)),
+        Turn("D2:2", "s2", "Maria", "Sounds lovely, John.", _d(2023, 8, 3)),
+    ]
+    idx = TurnIndex(turns)
+    f = idx.features("What did John do on 3 August, 2023?")
+    assert f.shape == (4, len(FEATURES))
+    assert list(f[:, FEATURES.index("date")]) == [0.0, 0.0, 1.0, 1.0]
+    assert idx.search("What did John do on 3 August, 2023?", k=1)[0][0].id == "D2:1"
+    assert idx.search("What did John do in May 2023?", k=1)[0][0].id == "D1:1"
+
+
+def test_weights_cover_every_signal_and_can_be_replaced():
+    assert set(WEIGHTS) == set(FEATURES)
+    turns = [
+        Turn("D1:1", "s1", "Tim", "I'm learning German now, tough but fun.", _d(2023, 1, 2)),
+        Turn("D1:2", "s1", "John", "Ok.", _d(2023, 1, 2)),
+    ]
+    assert TurnIndex(turns).search("Which language is Tim learning?", k=1)[0][0].id == "D1:1"
+    only_length = TurnIndex(turns, weights={"length": -1.0})  # shortest first: the weights decide
+    assert only_length.search("Which language is Tim learning?", k=1)[0][0].id == "D1:2"
+
+
+def _sample(i: int) -> dict:
+    names = ("Ann", "Bob") if i == 0 else ("Cid", "Dee")
+    a, b = names
+    topics = [
+        ("adopted a puppy named Toby", "What pet did {a} adopt?"),
+        ("started learning the violin", "Which instrument is {a} learning?"),
+        ("ran a marathon in Boston", "Where did {a} run a marathon?"),
+        ("baked a lemon cake for my mom", "What did {a} bake for their mom?"),
+    ]
+    conv: dict = {"speaker_a": a, "speaker_b": b}
+    qa = []
+    for s, (news, q) in enumerate(topics, start=1):
+        conv[f"session_{s}_date_time"] = f"1:00 pm on {s} May, 2023"
+        conv[f"session_{s}"] = [
+            {"speaker": a, "dia_id": f"D{s}:1", "text": f"Hi {b}! Guess what, I {news} last week."},
+            {"speaker": b, "dia_id": f"D{s}:2", "text": f"Wow {a}, that's great to hear!"},
+            {"speaker": a, "dia_id": f"D{s}:3", "text": "Thanks, talk soon."},
+        ]
+        qa.append({"question": q.format(a=a), "answer": news, "evidence": [f"D{s}:1"], "category": 4})
+    qa.append({"question": f"What did {a} talk about?", "answer": "x", "evidence": [], "category": 1})
+    return {"sample_id": f"s-{i}", "conversation": conv, "qa": qa}
+
+
+def test_locomo_bench_and_heldout_check_on_a_written_file(tmp_path: Path):
+    path = tmp_path / "locomo_small.json"
+    path.write_text(json.dumps([_sample(0), _sample(1)]))
+    res = run_locomo_bench(path)
+    assert res["samples"] == 2 and res["questions"] == 8 and res["turns"] == 24  # the no-evidence question skipped
+    assert res["recall_at_5"] == 1.0 and res["recall_at_1"] >= 0.75
+    assert set(res["baselines"]) == {"bm25", "dense"}
+    held = run_locomo_heldout(path)
+    assert set(held["leave_one_out_per_sample_recall_at_5"]) == {"s-0", "s-1"}
+    assert len(held["halves"]) == 2 and held["halves"][0]["tuned_on"] == ["s-0"]
+    assert 0.0 <= held["leave_one_out"]["recall_at_5"] <= 1.0
+    assert set(held["fitted_on_all"]) == set(FEATURES)
