@@ -56,9 +56,18 @@ def main() -> None:
         f"mistake recurs on the paraphrase, with afterword memory: {res['recurred_with']}/{n} "
         f"= {res['recur_rate_with']}"
     )
-    print(f"the right lesson was injected for {res['lesson_injected_rate']} of the paraphrases")
+    print(
+        f"the right lesson was injected for {res['lesson_injected_rate']} of the paraphrases "
+        f"(other lessons beside it: {res['other_lessons_injected']})"
+    )
+    print(
+        f"near misses (paraphrases of the {res['near_miss']} questions answered right in session 1): "
+        f"something injected into {res['near_miss_injected']}, answer broken by memory {res['near_miss_broken']}, "
+        f"fixed {res['near_miss_fixed']}"
+    )
     print(f"false-injection rate on {len(res['unrelated'])} unrelated requests: {res['false_injection_rate']}")
     print(f"injection for another user asking the same paraphrases: {res['other_user_injection_rate']}")
+    print(f"{res['wall_seconds']} s; load average (1, 5, 15 min) {res['load_avg_start']} -> {res['load_avg_end']}")
     print(f"wrote {args.out}")
 
 

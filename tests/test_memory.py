@@ -51,7 +51,11 @@ def test_correction_becomes_lesson_and_is_injected_only_for_its_user(any_store):
     assert lesson.scope == "user" and lesson.user_id == "u1"
     assert lesson.situation == "What is the capital of Australia?"
     assert lesson.wrong == "Sydney." and lesson.right == "Canberra"
-    assert "Canberra" in lesson.text
+    # Short and answer-bearing; the wrong answer stays out of the injected text (small models copy it).
+    assert (
+        lesson.text == "Previously the user asked: What is the capital of Australia? The correct answer is: Canberra."
+    )
+    assert "Sydney" not in lesson.text
 
     inj = MemoryInjector(any_store)
     got = inj.inject([{"role": "user", "content": "Which city is the capital of Australia?"}], user_id="u1")
@@ -81,6 +85,34 @@ def test_global_lessons_are_shared(any_store):
     assert lesson.scope == "global"
     got = MemoryInjector(any_store).inject([{"role": "user", "content": "how many legs do spiders have"}], "u9")
     assert [i.memory_id for i in got.items] == [lesson.id]
+
+
+def test_only_the_lessons_near_the_best_one_are_injected_best_last(store):
+    """A lesson answers one question: a similar question's lesson (another answer) stays out; best goes last."""
+    for q, right in (
+        ("What is 15 squared?", "225"),
+        ("What is the square root of 169?", "13"),
+        ("How many minutes are in a day?", "1440"),
+    ):
+        _corrected(store, q=q, a="I am not sure.", right=right)
+    build_memories(store)
+    inj = MemoryInjector(store)
+    got = inj.inject([{"role": "user", "content": "What do you get when you square 15?"}], "u1")
+    assert [i.text.rsplit(" ", 1)[-1] for i in got.items] == ["225."]
+    # With no margin both arithmetic lessons pass the gate; the more relevant one is rendered last.
+    wide = MemoryInjector(store, MemoryConfig(lesson_margin=1.0, min_relevance=0.3)).inject(
+        [{"role": "user", "content": "What do you get when you square 15?"}], "u1"
+    )
+    assert len(wide.items) >= 2
+    assert [i.relevance for i in wide.items] == sorted(i.relevance for i in wide.items)
+    block = wide.messages[0]["content"]
+    assert block.rindex("The correct answer is: 225.") > block.rindex("The correct answer is: 13.")
+    # Preferences and facts come before lessons.
+    add_memories(store, [Memory(kind="fact", user_id="u1", text="The user is learning algebra.", key="topic")])
+    mixed = MemoryInjector(store, MemoryConfig(min_relevance_profile=-1)).inject(
+        [{"role": "user", "content": "What do you get when you square 15?"}], "u1"
+    )
+    assert [i.kind for i in mixed.items] == ["fact", "lesson"]
 
 
 def test_injection_fence_cannot_be_escaped(store):

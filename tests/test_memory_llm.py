@@ -7,7 +7,7 @@ import pytest
 from afterword.memory import MemoryConfig, build_memories, list_memories
 from afterword.memory.lessons import distill_rule, lesson_from_correction
 from afterword.memory.preferences import extract_with_llm
-from afterword.records import Conversation, Feedback, Message
+from afterword.records import Conversation, Feedback, Judgment, Message
 
 pytestmark = pytest.mark.llm
 
@@ -32,11 +32,31 @@ def test_distill_with_local_model(store, llm):
     res = build_memories(store, MemoryConfig(), llm.client())
     assert res["llm"] is True and res["lessons_new"] == 1
     (mem,) = list_memories(store, kind="lesson")
-    # A 135M model may or may not produce a usable rule; the structure is kept whatever it said,
-    # and the text is the validated rule when there was one.
+    # A correction is the answer itself: it is kept, not replaced by a rule.
     assert mem.right == "Canberra" and mem.situation == "What is the capital of Australia?"
-    assert bool(mem.metadata.get("distilled")) == (res["lessons_distilled"] == 1)
-    assert 8 <= len(mem.text) <= 300 if res["lessons_distilled"] else "Canberra" in mem.text
+    assert res["lessons_distilled"] == 0 and not mem.metadata.get("distilled")
+    assert mem.text.endswith("The correct answer is: Canberra.")
+    # A response the user was only unhappy with has no answer to keep: that one is distilled. A 135M model
+    # may or may not produce a usable rule; the structure is kept whatever it said, and the text is the
+    # validated rule when there was one.
+    conv = store.add_conversation(
+        Conversation(
+            user_id="u1",
+            external_id="s2",
+            messages=[
+                Message(role="user", content="Write a limerick about my cat."),
+                Message(role="assistant", content="Cats are animals."),
+            ],
+        )
+    )
+    store.put_judgments(
+        [Judgment(message_id=conv.messages[1].id, source="combined", label="dissatisfied", score=-0.8, confidence=0.9)]
+    )
+    res = build_memories(store, MemoryConfig(), llm.client())
+    assert res["lessons_new"] == 1
+    (judged,) = [m for m in list_memories(store, kind="lesson") if m.id != mem.id]
+    assert judged.right is None and bool(judged.metadata.get("distilled")) == (res["lessons_distilled"] == 1)
+    assert 8 <= len(judged.text) <= 300 if res["lessons_distilled"] else "limerick" in judged.text
     lesson = lesson_from_correction(Message(role="assistant", content="Sydney."), "", "Canberra", user_id="u1")
     assert lesson is not None and lesson.situation == "Sydney."  # no question found: the response stands in
     assert distill_rule is not None

@@ -8,8 +8,15 @@ With a real local model behind the real ``openai`` SDK:
 3. session 2, later: the user asks a *paraphrase* of each corrected question,
    once through a plain client (no afterword) and once through
    ``wrap(memory=True)``. A mistake *recurs* when the answer is still wrong.
-4. false injection: unrelated requests by the same user go through the
+4. near misses: paraphrases of the questions the model got right in
+   session 1 (so they have no lesson, but often a lesson of a similar
+   question) are asked without and with afterword: whatever is injected is a
+   false injection, and an answer that memory turns wrong is harm done;
+5. false injection: unrelated requests by the same user go through the
    injector; any memory injected into them is a false injection.
+
+Grading (:func:`is_correct`) is number-aware and ignores denied mentions
+("Istanbul, not Ankara" does not answer Ankara).
 
 The items are short factual questions with one unambiguous answer, each with
 a paraphrase that shares few words with the original (so retrieval has to
@@ -18,6 +25,7 @@ work by meaning) and the accepted spellings of the answer.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -76,7 +84,27 @@ ITEMS: list[tuple[str, str, tuple[str, ...]]] = [
     ("What is the main language spoken in Brazil?", "People in Brazil mostly speak which language?", ("portuguese",)),
     ("How many sides does a heptagon have?", "A heptagon has how many sides?", ("7", "seven")),
     ("Who was the first person to walk on the Moon?", "Which astronaut stepped onto the Moon first?", ("armstrong",)),
-    ("What is the freezing point of water in Kelvin?", "Water freezes at how many kelvins?", ("273",)),
+    ("What is the freezing point of water in Kelvin?", "Water freezes at how many kelvins?", ("273", "273.15")),
+    ("What is the capital of Pakistan?", "Which city is Pakistan's seat of government?", ("islamabad",)),
+    ("What is the capital of Myanmar?", "Myanmar's government sits in which city?", ("naypyidaw", "nay pyi taw")),
+    ("What is the capital of Egypt?", "Which city is Egypt's capital?", ("cairo",)),
+    ("How many hours are in a week?", "A week lasts how many hours?", ("168",)),
+    ("How many seconds are in an hour?", "An hour has how many seconds?", ("3600",)),
+    ("How many days are in a leap year?", "A leap year has how many days?", ("366",)),
+    ("What is 12 times 12?", "Multiply twelve by twelve. What is the result?", ("144",)),
+    ("How many hearts does an octopus have?", "An octopus has how many hearts?", ("3", "three")),
+    ("How many strings does a standard guitar have?", "A normal guitar is strung with how many strings?", ("6", "six")),
+    ("What is the chemical symbol for iron?", "On the periodic table, iron is written as?", ("fe",)),
+    ("What is the chemical symbol for silver?", "Which letters stand for silver on the periodic table?", ("ag",)),
+    (
+        "Who developed the theory of relativity?",
+        "The theory of relativity is the work of which scientist?",
+        ("einstein",),
+    ),
+    ("Who wrote Hamlet?", "Hamlet is a play by which writer?", ("shakespeare",)),
+    ("What is the largest planet in our solar system?", "Which planet of ours is the biggest?", ("jupiter",)),
+    ("In what year did World War II end?", "The Second World War ended in which year?", ("1945",)),
+    ("In what year did humans first land on the Moon?", "The first crewed Moon landing was in which year?", ("1969",)),
 ]
 
 #: Requests by the same user about other things: nothing should be injected into them.
@@ -116,11 +144,25 @@ UNRELATED: list[str] = [
 _SYSTEM = "You are a helpful assistant. Answer the question in one short sentence."
 
 
+#: A mention right after one of these is denied, not given ("Istanbul, not Ankara").
+_DENIED = re.compile(r"\b(?:not|isn't|is not|never|instead of|rather than)\s+(?:the\s+|a\s+)?[\"'“]?$")
+
+
 def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
-    text = answer.lower()
+    """Whether ``answer`` gives one of the ``accepted`` answers (lower-case).
+
+    Numbers match as whole numbers (``391`` is not in ``3910`` or ``39.1``; ``1,440`` reads as ``1440``),
+    short answers as whole words, and a mention that is denied ("Istanbul, not Ankara") does not count.
+    """
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", answer.lower())
     for a in accepted:
-        pat = r"\b" + re.escape(a) + r"\b" if len(a) <= 3 else re.escape(a)
-        if re.search(pat, text):
+        if re.fullmatch(r"[\d.]+", a):
+            pat = r"(?<![\d.])" + re.escape(a) + r"(?!\d|\.\d)"
+        elif len(a) <= 3:
+            pat = r"\b" + re.escape(a) + r"\b"
+        else:
+            pat = re.escape(a)
+        if any(not _DENIED.search(text[: m.start()]) for m in re.finditer(pat, text)):
             return True
     return False
 
@@ -137,7 +179,7 @@ def run_repeat_mistake_bench(
     import openai
 
     from afterword import feedback, wrap
-    from afterword.memory import MemoryInjector, build_memories
+    from afterword.memory import MemoryInjector, build_memories, list_memories
     from afterword.store.store import Store
 
     items = items if items is not None else ITEMS
@@ -157,6 +199,7 @@ def run_repeat_mistake_bench(
     with tempfile.TemporaryDirectory() as d:
         store = Store(str(Path(d) / "bench.db"))
         t0 = time.perf_counter()
+        load0 = [round(x, 2) for x in os.getloadavg()]
         # Session 1: ask, and correct every wrong answer.
         s1 = wrap(plain, store=store, user_id=user, session_id="session-1", memory=True)
         wrong: list[int] = []
@@ -172,6 +215,7 @@ def run_repeat_mistake_bench(
         log(f"session 1: {len(wrong)}/{len(items)} answers wrong and corrected")
         built = build_memories(store)
         log(f"memory stage: {built}")
+        lesson_of = {m.situation: m.id for m in list_memories(store, kind="lesson", user_id=user)}
         # Session 2: paraphrases of the corrected questions, without and with afterword.
         s2 = wrap(plain, store=store, user_id=user, session_id="session-2", memory=True)
         injector: MemoryInjector = s2._ctx.memory
@@ -181,6 +225,7 @@ def run_repeat_mistake_bench(
             base_ans, _ = ask(plain, para)
             inj = injector.inject([{"role": "user", "content": para}], user_id=user)
             mem_ans, _ = ask(s2, para)
+            ids = [it.memory_id for it in inj.items]
             rows.append(
                 {
                     "question": q,
@@ -189,10 +234,29 @@ def run_repeat_mistake_bench(
                     "with_afterword": mem_ans,
                     "recurs_without": not is_correct(base_ans, acc),
                     "recurs_with": not is_correct(mem_ans, acc),
-                    "lesson_injected": any(q in (it.text or "") for it in inj.items),
+                    "lesson_injected": lesson_of.get(q) in ids,
+                    "other_lessons_injected": len([x for x in ids if x != lesson_of.get(q)]),
                     "injected_tokens": inj.tokens,
                 }
             )
+        # Near misses: paraphrases of the questions answered right in session 1 (no lesson of their own, but
+        # often a lesson of a similar question: "iron" beside "sodium"). Anything injected is a false
+        # injection; an answer right without afterword and wrong with it is harm done. With nothing
+        # injected the request is the same with and without afterword, so only the others are asked.
+        near = []
+        for i in sorted(set(range(len(items))) - set(wrong)):
+            q, para, acc = items[i]
+            inj = injector.inject([{"role": "user", "content": para}], user_id=user)
+            row: dict[str, Any] = {"question": q, "paraphrase": para, "injected": [it.text for it in inj.items]}
+            if inj.items:
+                base_ans, mem_ans = ask(plain, para)[0], ask(s2, para)[0]
+                row |= {
+                    "without_afterword": base_ans,
+                    "with_afterword": mem_ans,
+                    "right_without": is_correct(base_ans, acc),
+                    "right_with": is_correct(mem_ans, acc),
+                }
+            near.append(row)
         s2.flush()
         false_inj = []
         for u in unrelated:
@@ -217,9 +281,17 @@ def run_repeat_mistake_bench(
         "lesson_injected_rate": round(sum(r["lesson_injected"] for r in rows) / n, 4) if n else None,
         "false_injection_rate": round(sum(bool(f["injected"]) for f in false_inj) / len(false_inj), 4),
         "other_user_injection_rate": round(other / n, 4) if n else None,
+        "other_lessons_injected": sum(r["other_lessons_injected"] for r in rows),
+        "near_miss": len(near),
+        "near_miss_injected": sum(bool(x["injected"]) for x in near),
+        "near_miss_broken": sum(bool(x["injected"]) and x["right_without"] and not x["right_with"] for x in near),
+        "near_miss_fixed": sum(bool(x["injected"]) and not x["right_without"] and x["right_with"] for x in near),
         "memory_stage": built,
         "seconds": round(time.perf_counter() - t0, 1),
+        "load_avg_start": load0,
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "session1": first,
         "session2": rows,
+        "near_misses": near,
         "unrelated": false_inj,
     }

@@ -2,7 +2,13 @@
 
 The memories go into ONE fenced block, ``<afterword-memory> … </afterword-memory>``,
 appended to the system prompt (or a new system message when there is
-none). Memory text is data that came from users, so it is escaped before it
+none). Preferences and facts come first, then lessons, the most relevant
+last (closest to the conversation). A lesson carries the answer to one
+request, so only the lessons within ``lesson_margin`` of the best one go in:
+the lesson of a similar but different question carries a different answer,
+and a small model copies it.
+
+Memory text is data that came from users, so it is escaped before it
 goes in: ``&``, ``<`` and ``>`` become entities and line breaks become
 spaces, so no memory can close the fence, open a new one, or start a line of
 its own that reads as part of the prompt. The block says in words that its
@@ -119,10 +125,12 @@ class MemoryInjector:
             return Injection(out, query=query, latency_ms=(time.perf_counter() - t0) * 1000)
         floor = min(cfg.min_relevance, cfg.min_relevance_profile)
         found = retrieve(self.store, query, user_id=user_id, k=cfg.max_items * 3, config=cfg, min_relevance=floor)
+        best_lesson = max((s.relevance for s in found if s.memory.kind == "lesson"), default=0.0)
+        lesson_gate = max(cfg.min_relevance, best_lesson - cfg.lesson_margin)
         items: list[InjectedItem] = []
         used = _FRAME_TOKENS
         for s in found:
-            gate = cfg.min_relevance if s.memory.kind == "lesson" else cfg.min_relevance_profile
+            gate = lesson_gate if s.memory.kind == "lesson" else cfg.min_relevance_profile
             cost = count_tokens(escape_memory_text(s.memory.text)) + 1
             if s.relevance < gate or used + cost > cfg.token_budget or len(items) >= cfg.max_items:
                 continue
@@ -130,6 +138,9 @@ class MemoryInjector:
             items.append(InjectedItem(s.memory.id or "", s.memory.kind, s.memory.text, s.score, s.relevance, cost))
         if not items:
             return Injection(out, query=query, latency_ms=(time.perf_counter() - t0) * 1000)
+        # Preferences and facts first, then lessons from the least to the most relevant: the lesson that
+        # answers this request ends up last, right before the conversation.
+        items.sort(key=lambda i: (i.kind == "lesson", i.relevance if i.kind == "lesson" else 0.0))
         block = render_block([i.text for i in items])
         if out and out[0].get("role") in ("system", "developer"):
             head = _text(out[0].get("content"))

@@ -5,9 +5,20 @@ around it: the *situation* is the user message the response answered (this
 is what gets embedded, so a later paraphrase of the request finds it), *wrong*
 is the response, *right* is the correction (or, for a response judged
 dissatisfied, the user's follow-up when it reads as a correction). When an
-OpenAI-compatible LLM is configured it distils the same material into one
+OpenAI-compatible LLM is configured it distils the lessons that have no
+right answer (a response the user was unhappy with, nothing more) into one
 short rule, which replaces the structural text; the structure is kept in
-the other fields, and a reply that is not a usable rule is ignored.
+the other fields, and a reply that is not a usable rule is ignored. A lesson
+with a right answer keeps it: the user's own correction is the ground truth,
+and an abstract rule in its place is what a small model fails to apply.
+
+The text (what is injected) is short, direct and answer-bearing:
+``Previously the user asked: <request> The correct answer is: <correction>``.
+It deliberately leaves out the wrong answer (kept in ``wrong``): small models
+copy whatever a note contains, and a note saying "…, not <wrong answer>" made
+SmolLM2-135M repeat the very mistake (docs/benchmarks.md, repeat-mistake
+benchmark: 10/16 mistakes recurred with the wrong answer in the note, 4/16
+without it, 13/16 with the earlier abstract wording).
 
 Corrections by users make user-scope lessons (``MemoryConfig.lesson_scope``
 may widen them); corrections by reviewers make global ones.
@@ -42,6 +53,11 @@ _CORRECTIVE = re.compile(
 def shorten(text: str | None, n: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending like a sentence, so the next sentence of a lesson does not run into it."""
+    return text if not text or text[-1] in ".?!…:;" else text + "."
 
 
 def context_of(store: Store, message_id: str) -> tuple[str, str | None]:
@@ -85,10 +101,8 @@ def lesson_from_correction(
     if not correction.strip():
         return None
     situation = situation or msg.content
-    text = (
-        f'Correction from an earlier conversation: to "{shorten(situation, 160)}" the correct answer is '
-        f'"{shorten(correction, 240)}", not "{shorten(msg.content, 100)}".'
-    )
+    asked = _sentence(shorten(situation, 160))
+    text = f"Previously the user asked: {asked} The correct answer is: {_sentence(shorten(correction, 240))}"
     return Memory(
         kind="lesson",
         scope="global" if source == "reviewer" or not user_id else scope,
@@ -118,13 +132,14 @@ def lesson_from_judgment(
     right = after.strip() if after and _CORRECTIVE.search(after) else None
     if right:
         text = (
-            f'From an earlier conversation: to "{shorten(situation, 160)}" the answer "{shorten(msg.content, 100)}" '
-            f'was wrong; the user said: "{shorten(right, 200)}".'
+            f"Previously the user asked: {_sentence(shorten(situation, 160))} "
+            f"The user corrected: {_sentence(shorten(right, 240))}"
         )
     else:
+        # Nothing right is known: the only thing to say is what did not work.
         text = (
-            f'From an earlier conversation: the answer "{shorten(msg.content, 120)}" to "{shorten(situation, 160)}" '
-            "left the user dissatisfied; answer such a request differently."
+            f"Previously the user asked: {_sentence(shorten(situation, 160))} The user was unhappy with the answer "
+            f'"{shorten(msg.content, 100)}"; answer differently.'
         )
     return Memory(
         kind="lesson",
@@ -233,6 +248,8 @@ def build_lessons(
     distilled = 0
     if llm is not None and cfg.use_llm:
         for lesson in lessons:
+            if lesson.right:
+                continue
             rule = distill_rule(llm, lesson)
             if rule:
                 lesson.text = rule

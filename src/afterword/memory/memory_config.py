@@ -18,11 +18,20 @@ class MemoryConfig(BaseModel):
     token_budget: int = Field(300, ge=0, description="Most tokens of memory text injected into one request.")
     max_items: int = Field(8, ge=0, description="Most memories injected into one request.")
     min_relevance: float = Field(
-        0.5,
+        0.65,
         ge=-1,
         le=1,
         description="A lesson is injected only when the query's cosine similarity to its situation reaches this "
-        "(or a strong full-text match lifts it there). Guards unrelated conversations.",
+        "(or a strong full-text match lifts it there). Guards unrelated conversations and near misses: a lesson "
+        "carries the answer to one question, and similar but different questions (another country's capital) "
+        "score 0.5-0.7 while paraphrases of the same one score 0.73 and up (repeat-mistake benchmark).",
+    )
+    lesson_margin: float = Field(
+        0.1,
+        ge=0,
+        description="A lesson is injected only when its relevance is within this of the best lesson's. A lesson "
+        "carries the answer to one question; the lessons of similar but different questions (15 squared beside the "
+        "square root of 169) carry other answers, and small models copy the wrong one.",
     )
     min_relevance_profile: float = Field(
         0.3, ge=-1, le=1, description="The same gate for preferences and facts, which apply more broadly."
