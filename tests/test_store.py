@@ -342,6 +342,24 @@ def test_sqlite_runs_in_wal_mode(store: Store) -> None:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+def test_bulk_writes_keep_the_wal_bounded(tmp_path) -> None:
+    """A write-ahead log past the limit is checkpointed and truncated after a bulk batch, with the rows kept."""
+    store = Store(str(tmp_path / "wal.db"))
+    wal = tmp_path / "wal.db-wal"
+    msgs = [Message(role="user", content="question 0"), Message(role="assistant", content="answer 0")]
+    store.import_conversations([Conversation(user_id="u", messages=msgs, external_id="s0")])
+    assert wal.stat().st_size > 0  # below the default limit the log is left to SQLite's own checkpoints
+    store.WAL_LIMIT_BYTES = 1
+    convs = [
+        Conversation(user_id="u", external_id=f"s{i}", messages=[Message(role="user", content=f"q {i}")])
+        for i in range(1, 50)
+    ]
+    counts = store.import_conversations(convs)
+    assert counts.conversations == 49 and wal.stat().st_size == 0
+    assert store.stats()["conversations"] == 50
+    store.close()
+
+
 def test_store_errors_are_translated(tmp_path) -> None:
     with pytest.raises(StoreError):
         Store(str(tmp_path / "missing-dir" / "x.db"))
