@@ -359,6 +359,8 @@ class MemoryIndex:
         self._cells: tuple[int, np.ndarray] | None = None  # (version, centroids) of memory_ivf
         self._df: dict[str, int] = {}
         self._df_at = 0.0
+        self._large: dict[str, bool] = {}  # owner -> has ivf_exact vectors or more
+        self._large_at = 0.0
         self.kind = self._open(kind)
         self.lexical_kind = self._open_lexical()
 
@@ -687,6 +689,23 @@ class MemoryIndex:
             self._ivf_insert(conn, ids, owners, vecs, nearest_cells(vecs, cent))
         log.info("memory index: %d cells trained over %d vectors in %.1fs", nlist, n, time.perf_counter() - t0)
 
+    def _owner_is_large(self, conn: sa.Connection, owner: str) -> bool:
+        """Whether ``owner`` has ``ivf_exact`` vectors or more (remembered as long as term counts are).
+
+        A stale answer only changes the path, not what may be seen: a grown owner is scanned in
+        full a while longer, a shrunken one searched by cells.
+        """
+        now = time.monotonic()
+        if now - self._large_at > self.df_ttl_s or len(self._large) > 100_000:
+            self._large, self._large_at = {}, now
+        large = self._large.get(owner)
+        if large is None:
+            size = conn.exec_driver_sql(
+                "SELECT count(*) FROM (SELECT 1 FROM memory_ivf WHERE owner = ? LIMIT ?)", (owner, self.ivf_exact)
+            ).scalar_one()
+            large = self._large[owner] = size >= self.ivf_exact
+        return large
+
     def _ivf_search(
         self, conn: sa.Connection, query: np.ndarray, owners: Sequence[str], k: int
     ) -> list[tuple[str, float]]:
@@ -697,10 +716,7 @@ class MemoryIndex:
         near: list[int] | None = None
         out: list[tuple[str, float]] = []
         for o in dict.fromkeys(owners):
-            size = conn.exec_driver_sql(
-                "SELECT count(*) FROM (SELECT 1 FROM memory_ivf WHERE owner = ? LIMIT ?)", (o, self.ivf_exact)
-            ).scalar_one()
-            if size < self.ivf_exact:  # a small owner: all of its vectors
+            if not self._owner_is_large(conn, o):  # a small owner: all of its vectors
                 rows = conn.exec_driver_sql(
                     "SELECT memory_id, vec_distance_cosine(vec_int8(code), vec_int8(?)) AS d FROM memory_ivf "
                     "WHERE owner = ? ORDER BY d LIMIT ?",

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from afterword.embed import get_embedder
 from afterword.memory.control import to_memory
-from afterword.memory.index import GLOBAL_OWNER, from_blob, get_index, owner_of
+from afterword.memory.index import GLOBAL_OWNER, get_index, owner_of
 from afterword.memory.memory_config import MemoryConfig
 from afterword.records import Memory, utcnow
 from afterword.store import schema as t
@@ -111,12 +111,13 @@ def retrieve(
     now = utcnow()
     scored: list[tuple[float, float, float, float, Any]] = []
     allowed = set(owners)
-    for mid in ids:
-        r = rows.get(mid)
-        if r is None or owner_of(r.scope, r.user_id) not in allowed:
-            continue
-        vec = from_blob(r.embedding)
-        cos = float(vec @ qv) if vec is not None else 0.0
+    kept = [r for mid in ids if (r := rows.get(mid)) is not None and owner_of(r.scope, r.user_id) in allowed]
+    # Every candidate's cosine in one product (a memory without a vector scores 0).
+    width = qv.shape[0] * 4
+    blobs = b"".join(r.embedding if r.embedding and len(r.embedding) == width else bytes(width) for r in kept)
+    cosines = (np.frombuffer(blobs, dtype="<f4").reshape(len(kept), -1) @ qv).tolist() if kept else []
+    for r, cos in zip(kept, cosines, strict=True):
+        mid = r.id
         lx = l_raw.get(mid, 0.0)
         lsat = lx / (lx + _LEX_HALF) if lx > 0 else 0.0
         relevance = cos + 0.15 * lsat
