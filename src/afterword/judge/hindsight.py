@@ -28,7 +28,7 @@ from datetime import timedelta
 import numpy as np
 
 from afterword.embed import MODEL_ID, get_embedder
-from afterword.records import Conversation, Evidence, Feedback, Judgment, JudgmentSource, Label
+from afterword.records import Conversation, Evidence, Feedback, Judgment, JudgmentSource, Label, Message
 
 from .features import EmbeddingCache, TurnContext, assistant_contexts, build_features
 from .judge_config import JudgeConfig
@@ -87,11 +87,18 @@ class HindsightJudge:
         for conv, later in items:
             ctxs = assistant_contexts(conv.messages)
             per_item.append(ctxs)
-            # Only user messages are embedded: each serves as one response's reaction and
-            # the next one's request. Responses themselves are not features of the head.
-            texts += [m.content for m in conv.messages if m.role == "user"]
-            for lc in self._later_in_window(conv, later):
-                texts += [m.content for m in lc.messages if m.role == "user"]
+            # Exactly the texts the judge compares, so that nothing is embedded for nothing: each
+            # reaction (a block of user messages, joined) and request, the user messages the
+            # later-signal scan reads, and the response where it stands in for a missing request.
+            later_users = [
+                m.content for lc in self._later_in_window(conv, later) for m in lc.messages if m.role == "user"
+            ]
+            for ctx in ctxs:
+                scanned = [m.content for m in self._lookahead_users(conv, ctx)]
+                texts += [ctx.reaction or "", ctx.request or "", *scanned]
+                if not ctx.request and (scanned or later_users):
+                    texts.append(ctx.response or "")
+            texts += later_users
         cache.add(texts)
         flat = [c for ctxs in per_item for c in ctxs if c.reaction]
         probs = self.model.predict_proba(build_features(flat, cache)) if flat else np.zeros((0, 3))
@@ -121,6 +128,20 @@ class HindsightJudge:
             if start is None or end <= start <= limit:
                 out.append(lc)
         return out
+
+    def _lookahead_users(self, conv: Conversation, ctx: TurnContext) -> list[Message]:
+        """The user messages, within ``lookahead_turns`` after the reaction, that may return to the request.
+
+        The reaction to the very next response is skipped: a rephrase there is the head's to score.
+        """
+        if not ctx.request and not ctx.response:
+            return []
+        msgs = conv.messages
+        start = (ctx.reaction_index if ctx.reaction_index is not None else ctx.response_index) + 1
+        next_asst = next((k for k in range(ctx.response_index + 1, len(msgs)) if msgs[k].role == "assistant"), None)
+        skip_to = next_asst + 2 if next_asst is not None else len(msgs)
+        end = min(len(msgs), start + self.config.lookahead_turns)
+        return [msgs[k] for k in range(max(start, skip_to), end) if msgs[k].role == "user"]
 
     def _judge_one(
         self,
@@ -204,20 +225,14 @@ class HindsightJudge:
         if not ctx.request and not ctx.response:
             return 0.0
         cfg = self.config
+        scanned = self._lookahead_users(conv, ctx)
+        later_convs = self._later_in_window(conv, later)
+        if not scanned and not later_convs:
+            return 0.0
         anchor = cache.get(ctx.request) if ctx.request else cache.get(ctx.response)
         shift = 0.0
         # Same conversation: the user comes back to the same request after other turns.
-        start = (ctx.reaction_index if ctx.reaction_index is not None else ctx.response_index) + 1
-        next_asst = next(
-            (k for k in range(ctx.response_index + 1, len(conv.messages)) if conv.messages[k].role == "assistant"),
-            None,
-        )
-        # The reaction to the very next response is a rephrase, already scored by the head.
-        skip_to = next_asst + 2 if next_asst is not None else len(conv.messages)
-        for k in range(max(start, skip_to), min(len(conv.messages), start + cfg.lookahead_turns)):
-            m = conv.messages[k]
-            if m.role != "user":
-                continue
+        for m in scanned:
             sim = float(cache.get(m.content) @ anchor)
             if sim >= cfg.rephrase_threshold:
                 evidence.append(
@@ -231,7 +246,7 @@ class HindsightJudge:
                 shift -= 0.5
                 break
         # Later conversations: returned to the topic, and maybe reported the outcome.
-        for lc in self._later_in_window(conv, later):
+        for lc in later_convs:
             users = [m for m in lc.messages if m.role == "user"]
             for i, m in enumerate(users):
                 sim = float(cache.get(m.content) @ anchor)

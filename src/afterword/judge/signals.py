@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -151,14 +152,21 @@ def cue_counts(text: str) -> dict[str, int]:
     """How many times each cue matches ``text`` (only the non-zero ones).
 
     >>> cue_counts("Thanks, that worked!")
-    {'gratitude': 1, 'outcome_success': 1, 'exclaim': 1}
+    {'gratitude': 1, 'acceptance': 1, 'outcome_success': 1, 'exclaim': 1}
     """
-    out = {}
+    return dict(_cue_items(text))
+
+
+@lru_cache(maxsize=65536)
+def _cue_items(text: str) -> tuple[tuple[str, int], ...]:
+    # Memoised: a reaction's cues feed both its features and its evidence, and the same user
+    # text is also the next response's request.
+    out = []
     for name, rx in CUES.items():
         n = len(rx.findall(text))
         if n:
-            out[name] = n
-    return out
+            out.append((name, n))
+    return tuple(out)
 
 
 def cue_vector(text: str) -> np.ndarray:
