@@ -11,6 +11,7 @@ line (``afterword import --engine ray``, ``afterword embed``, ``afterword judge
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,16 @@ def test_cli_judge_ray(ray_local, tmp_path):
     res = cli(db, "judge", "--engine", "ray", "--workers", "2", "--batch-size", "10")
     assert res["engine"] == "ray" and res["workers"] == 2 and res["conversations"] == 30 and res["judged"] == 60
     assert cli(db, "judge", "--engine", "ray")["conversations"] == 0  # resumable: nothing left pending
+    # An LLM endpoint set for every command in the environment does not stop a Ray run (it is skipped, and
+    # the output says so); the same endpoint asked for on the command line is refused.
+    os.environ["AFTERWORD_LLM_URL"] = "http://127.0.0.1:9"
+    try:
+        res = cli(db, "judge", "--engine", "ray")
+        assert res["conversations"] == 0 and "AFTERWORD_LLM_URL ignored" in res["llm_judge_skipped"]
+        err = cli(db, "judge", "--engine", "ray", "--endpoint", "http://127.0.0.1:9", code=1)
+        assert "local engine only" in err["error"]
+    finally:
+        del os.environ["AFTERWORD_LLM_URL"]
 
 
 def test_cli_scale_errors(tmp_path):

@@ -7,7 +7,17 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import (
+    JsonOpt,
+    console,
+    emit,
+    err_console,
+    fail,
+    guard,
+    open_store,
+    parse_date,
+    progress_bar,
+)
 
 judge_app = typer.Typer(help="Judge responses in hindsight from what the user did next.", no_args_is_help=False)
 
@@ -51,8 +61,14 @@ def judge_cmd(
         if engine == "ray":
             from afterword.judge.distributed import judge_store_ray
 
+            skipped = None
             if llm_judge is not None:
-                fail("--endpoint (the LLM judge) runs with the local engine only", as_json)
+                # By name: typer ships its own copy of click, so its ParameterSource is not click's.
+                if getattr(ctx.get_parameter_source("endpoint"), "name", None) != "ENVIRONMENT":
+                    fail("--endpoint (the LLM judge) runs with the local engine only", as_json)
+                # Set for every command by the environment, not asked for here: judge without it, and say so.
+                llm_judge, skipped = None, "AFTERWORD_LLM_URL ignored: the LLM judge runs with the local engine only"
+                err_console.print(f"[yellow]note:[/] {skipped}")
             with progress_bar("judging on Ray", None, not as_json) as adv:
                 res = judge_store_ray(
                     store,
@@ -62,6 +78,8 @@ def judge_cmd(
                     batch_size=batch_size,
                     progress=adv,
                 )
+            if skipped:
+                res["llm_judge_skipped"] = skipped
         else:
             if address is not None or workers is not None:
                 fail("--address and --workers need --engine ray", as_json)
