@@ -69,7 +69,22 @@ def test_correction_becomes_lesson_and_is_injected_only_for_its_user(any_store):
     # Unrelated conversations get nothing.
     assert inj.inject([{"role": "user", "content": "How do I bake sourdough bread?"}], "u1").items == []
     # Rebuilding adds nothing.
-    assert build_memories(any_store)["lessons_new"] == 0
+    again = build_memories(any_store)
+    assert again["lessons_new"] == 0 and again["lessons_reworded"] == 0
+
+
+def test_rebuild_rewords_lessons_of_the_old_wording_but_keeps_hand_edits(store):
+    _corrected(store)
+    _corrected(store, user="u2", q="What is the capital of Canada?", a="Toronto.", right="Ottawa")
+    build_memories(store)
+    by_user = {m.user_id: m for m in list_memories(store, kind="lesson")}
+    legacy = 'Correction from an earlier conversation: to "What is the capital of Australia?" the correct answer is '
+    edit_memory(store, by_user["u1"].id, text=legacy + '"Canberra", not "Sydney."')
+    edit_memory(store, by_user["u2"].id, text="Ottawa, not Toronto, is Canada's capital.")  # edited by hand
+    res = build_memories(store)
+    assert res["lessons_reworded"] == 1 and res["lessons_new"] == 0
+    assert get_memory(store, by_user["u1"].id).text == by_user["u1"].text  # the current wording, no "Sydney"
+    assert get_memory(store, by_user["u2"].id).text == "Ottawa, not Toronto, is Canada's capital."
 
 
 @pytest.mark.pg

@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from afterword.llm import LLMClient
-from afterword.memory.control import add_memories, memory_id_for
+from afterword.memory.control import add_memories, edit_memory, memory_id_for
 from afterword.memory.memory_config import MemoryConfig
 from afterword.records import Memory, Message
 from afterword.store import schema as t
@@ -53,6 +53,10 @@ _CORRECTIVE = re.compile(
 def shorten(text: str | None, n: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+#: How lessons began before the current wording (see the module docstring); ``build_lessons`` rewrites them.
+_LEGACY_PREFIXES = ("Correction from an earlier conversation: to ", "From an earlier conversation: ")
 
 
 def _sentence(text: str) -> str:
@@ -243,7 +247,18 @@ def build_lessons(
     found = len(lessons)
     with store.read() as conn:
         ids = [memory_id_for(x) for x in lessons]
-        present = set(conn.execute(sa.select(t.memories.c.id).where(t.memories.c.id.in_(ids))).scalars())
+        present = {
+            r.id: r.text
+            for r in conn.execute(sa.select(t.memories.c.id, t.memories.c.text).where(t.memories.c.id.in_(ids)))
+        }
+    # Lessons stored in an earlier release's wording (which quoted the wrong answer, and small models
+    # repeated it) take the current wording; a text edited by hand no longer starts that way and is kept.
+    reworded = 0
+    for x, i in zip(lessons, ids, strict=True):
+        old = present.get(i)
+        if old is not None and old != x.text and old.startswith(_LEGACY_PREFIXES):
+            edit_memory(store, i, text=x.text)
+            reworded += 1
     lessons = [x for x, i in zip(lessons, ids, strict=True) if i not in present]
     distilled = 0
     if llm is not None and cfg.use_llm:
@@ -261,4 +276,5 @@ def build_lessons(
         "lessons_from_judgments": found - n_corr,
         "lessons_new": len(lessons),
         "lessons_distilled": distilled,
+        "lessons_reworded": reworded,
     }
