@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,32 @@ class _Conn(asyncio.Protocol):
             w.set_result((int(head[0].split(" ", 2)[1]), mid))
 
 
+async def _open_loop(
+    n: int,
+    rate: float,
+    t_start: float,
+    launch: Callable[[int], Coroutine[Any, Any, None]],
+    lag_ms: list[float],
+    errors: dict[str, int],
+) -> float:
+    """Start ``launch(i)`` for i = 0..n-1 at its own tick (``i / rate`` s after ``t_start``), whatever the
+    earlier requests are doing; wait up to 60 s for them, count the unfinished; returns the wall time."""
+    tasks = []
+    for i in range(n):
+        delay = t_start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            lag_ms.append(-delay * 1000)  # the generator itself fell behind its schedule
+        tasks.append(asyncio.create_task(launch(i)))
+    _, pending = await asyncio.wait(tasks, timeout=60)
+    for task in pending:
+        task.cancel()
+    if pending:
+        errors["unfinished"] = len(pending)
+    return time.perf_counter() - t_start
+
+
 async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, conns: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     lat: list[float] = []
@@ -209,24 +236,11 @@ async def load_raw(host: str, port: int, rate: float, seconds: float, tag: str, 
         else:
             errors[str(status)] = errors.get(str(status), 0) + 1
 
-    tasks = []
     payloads = [body_for(tag, i) for i in range(n)]
     starts = [0.0] * n
     trace: list[tuple[float, float]] = []
     t_start = time.perf_counter()
-    for i in range(n):
-        delay = t_start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        else:
-            lag_ms.append(-delay * 1000)  # the generator itself fell behind its schedule
-        tasks.append(loop.create_task(one(i, payloads[i])))
-    _, pending = await asyncio.wait(tasks, timeout=60)
-    for task in pending:
-        task.cancel()
-    if pending:
-        errors["unfinished"] = len(pending)
-    wall = time.perf_counter() - t_start
+    wall = await _open_loop(n, rate, t_start, lambda i: one(i, payloads[i]), lag_ms, errors)
     for c in idle:
         if c.transport is not None:
             c.transport.close()
@@ -264,21 +278,7 @@ async def load_httpx(host: str, port: int, rate: float, seconds: float, tag: str
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
-        tasks = []
-        t_start = time.perf_counter()
-        for i in range(n):
-            delay = t_start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                lag_ms.append(-delay * 1000)
-            tasks.append(asyncio.create_task(one(i)))
-        _, pending = await asyncio.wait(tasks, timeout=60)
-        for task in pending:
-            task.cancel()
-        if pending:
-            errors["unfinished"] = len(pending)
-        wall = time.perf_counter() - t_start
+        wall = await _open_loop(n, rate, time.perf_counter(), one, lag_ms, errors)
     return _summary(n, rate, wall, lat, errors, lag_ms, ids)
 
 
