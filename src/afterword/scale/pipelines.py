@@ -239,14 +239,20 @@ def _prepare_output(output_dir: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def _embedding_table(cols: dict[str, list[Any]], vecs: Any) -> Any:
+def _vector_column(vecs: Any) -> Any:
+    """(n, d) vectors as the ``embedding`` column: a fixed-size list of d float32."""
     import numpy as np
     import pyarrow as pa
 
     vecs = np.asarray(vecs, dtype=np.float32)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
+    return pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
+
+
+def _embedding_table(cols: dict[str, list[Any]], vecs: Any) -> Any:
+    import pyarrow as pa
+
     data = {k: pa.array(v, pa.string()) for k, v in cols.items() if k != "content"}
-    return pa.table({**data, "embedding": emb})
+    return pa.table({**data, "embedding": _vector_column(vecs)})
 
 
 def embed_local(
@@ -322,13 +328,8 @@ class _EmbedActor:
         self.embedder = Embedder(threads=threads or 1)
 
     def __call__(self, batch: Any) -> Any:
-        import numpy as np
-        import pyarrow as pa
-
         texts = [str(x) for x in batch.column("content").to_pylist()]
-        vecs = self.embedder.encode(texts).astype(np.float32)
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
-        return batch.drop_columns(["content"]).append_column("embedding", emb)
+        return batch.drop_columns(["content"]).append_column("embedding", _vector_column(self.embedder.encode(texts)))
 
 
 def embed_sharded(
