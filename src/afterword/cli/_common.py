@@ -18,7 +18,20 @@ from afterword.errors import AfterwordError
 from afterword.store.engine import resolve_url
 from afterword.store.store import Store
 
-__all__ = ["state", "open_store", "emit", "fail", "progress_bar", "parse_date", "console", "JsonOpt", "guard"]
+__all__ = [
+    "state",
+    "open_store",
+    "emit",
+    "fail",
+    "progress_bar",
+    "parse_date",
+    "console",
+    "JsonOpt",
+    "guard",
+    "ray_only",
+    "ADDRESS_HELP",
+    "WORKERS_HELP",
+]
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -94,3 +107,16 @@ def parse_date(value: str | None, name: str = "date") -> datetime | None:
     except ValueError:
         raise typer.BadParameter(f"{name} must be ISO-8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z") from None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+ADDRESS_HELP = "Ray cluster: auto (join this node's cluster) or ray://HEAD:10001 (Ray Client). Default: local Ray."
+WORKERS_HELP = "Ray workers (actors, 1 CPU each). Default: the CPUs Ray reports."
+
+
+def ray_only(engine: str, as_json: bool, **options: object) -> None:
+    """Fail on an unknown ``--engine``, or on Ray-only ``options`` (name -> value) given with the local one."""
+    given = [name for name, value in options.items() if value is not None]
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}", as_json)
+    if engine == "local" and given:
+        fail(f"{', '.join(given)} need --engine ray", as_json)

@@ -11,7 +11,19 @@ import typer
 from rich.table import Table
 
 from afterword.capture.wrap import feedback as record_feedback
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import (
+    ADDRESS_HELP,
+    WORKERS_HELP,
+    JsonOpt,
+    console,
+    emit,
+    fail,
+    guard,
+    open_store,
+    parse_date,
+    progress_bar,
+    ray_only,
+)
 from afterword.errors import ImportRecordError
 from afterword.export import export_jsonl
 from afterword.importers import FORMATS, detect_format, run_import
@@ -44,18 +56,8 @@ def _local_files(items: list[str], as_json: bool) -> list[Path]:
     return out
 
 
-def _ray_only(engine: str, as_json: bool, **options: object) -> None:
-    given = [name for name, value in options.items() if value is not None]
-    if engine not in ("local", "ray"):
-        fail(f"--engine must be local or ray, not {engine!r}", as_json)
-    if engine == "local" and given:
-        fail(f"{', '.join(given)} need --engine ray", as_json)
-
-
 _SHARDS_HELP = "Log files, directories of shards, or quoted globs ('logs/part-*.jsonl')."
 _ENGINE_HELP = "local (this process), or ray: one shard per Ray worker, in parallel."
-_ADDRESS_HELP = "Ray cluster: auto (join this node's cluster) or ray://HEAD:10001 (Ray Client). Default: local Ray."
-_WORKERS_HELP = "Ray workers (actors, 1 CPU each). Default: the CPUs Ray reports."
 
 
 def import_cmd(
@@ -63,12 +65,12 @@ def import_cmd(
     fmt: str = typer.Option("auto", "--format", "-f", help=f"auto, {', '.join(FORMATS)}"),
     strict: bool = typer.Option(False, "--strict", help="Abort on the first bad record (local engine)."),
     engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
-    address: str = typer.Option(None, "--address", help=_ADDRESS_HELP),
-    workers: int = typer.Option(None, "--workers", min=1, help=_WORKERS_HELP),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Import logs (OpenAI chat JSONL, ShareGPT, USS, ASAP, LoCoMo). Re-importing adds nothing."""
-    _ray_only(engine, as_json, **{"--address": address, "--workers": workers})
+    ray_only(engine, as_json, **{"--address": address, "--workers": workers})
     if engine == "ray":
         if strict:
             fail("--strict is for the local engine; --engine ray skips bad records and reports them", as_json)
@@ -135,14 +137,14 @@ def embed_cmd(
     roles: str = typer.Option("user,assistant", "--roles", help="Comma-separated roles to embed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace Parquet files already in --out."),
     engine: str = typer.Option("local", "--engine", help=_ENGINE_HELP),
-    address: str = typer.Option(None, "--address", help=_ADDRESS_HELP),
-    workers: int = typer.Option(None, "--workers", min=1, help=_WORKERS_HELP),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Embed every message of log shards (MiniLM, 384-d) into Parquet keyed by the store's message ids."""
     from afterword.scale import embed_local, embed_sharded, expand_shards
 
-    _ray_only(engine, as_json, **{"--address": address, "--workers": workers})
+    ray_only(engine, as_json, **{"--address": address, "--workers": workers})
     role_list = tuple(r.strip() for r in roles.split(",") if r.strip())
     if not role_list:
         fail("--roles names no role", as_json)

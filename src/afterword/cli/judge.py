@@ -8,6 +8,8 @@ import typer
 from rich.table import Table
 
 from afterword.cli._common import (
+    ADDRESS_HELP,
+    WORKERS_HELP,
     JsonOpt,
     console,
     emit,
@@ -17,6 +19,7 @@ from afterword.cli._common import (
     open_store,
     parse_date,
     progress_bar,
+    ray_only,
 )
 
 judge_app = typer.Typer(help="Judge responses in hindsight from what the user did next.", no_args_is_help=False)
@@ -35,12 +38,8 @@ def judge_cmd(
     model: str = typer.Option("local", "--model", envvar="AFTERWORD_LLM_MODEL"),
     batch_size: int = typer.Option(200, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local, or ray for batch work over a cluster."),
-    address: str = typer.Option(
-        None, "--address", help="Ray cluster (with --engine ray): auto, or ray://HEAD:10001. Default: local Ray."
-    ),
-    workers: int = typer.Option(
-        None, "--workers", min=1, help="Ray workers (with --engine ray). Default: the CPUs Ray reports."
-    ),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Judge every response not yet judged (incremental and resumable)."""
@@ -48,6 +47,7 @@ def judge_cmd(
         return
     from afterword.judge.runner import judge_store, pending_conversations
 
+    ray_only(engine, as_json, **{"--address": address, "--workers": workers})
     store = open_store()
     llm_judge = None
     if endpoint:
@@ -55,9 +55,8 @@ def judge_cmd(
         from afterword.llm import LLMClient
 
         llm_judge = LLMJudge(LLMClient(base_url=endpoint, model=model))
-    if engine not in ("local", "ray"):
-        fail(f"--engine must be local or ray, not {engine!r}", as_json)
     with guard(as_json):
+        since_dt = parse_date(since, "--since")
         if engine == "ray":
             from afterword.judge.distributed import judge_store_ray
 
@@ -72,7 +71,7 @@ def judge_cmd(
             with progress_bar("judging on Ray", None, not as_json) as adv:
                 res = judge_store_ray(
                     store,
-                    since=parse_date(since, "--since"),
+                    since=since_dt,
                     address=address,
                     num_workers=workers,
                     batch_size=batch_size,
@@ -81,13 +80,9 @@ def judge_cmd(
             if skipped:
                 res["llm_judge_skipped"] = skipped
         else:
-            if address is not None or workers is not None:
-                fail("--address and --workers need --engine ray", as_json)
-            n = len(pending_conversations(store, since=parse_date(since, "--since")))
+            n = len(pending_conversations(store, since=since_dt))
             with progress_bar("judging", n, not as_json) as adv:
-                res = judge_store(
-                    store, since=parse_date(since, "--since"), llm_judge=llm_judge, batch_size=batch_size, progress=adv
-                )
+                res = judge_store(store, since=since_dt, llm_judge=llm_judge, batch_size=batch_size, progress=adv)
     emit(
         res,
         as_json,
