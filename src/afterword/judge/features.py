@@ -165,8 +165,14 @@ def feature_names() -> list[str]:
     return names
 
 
-def build_features(contexts: Sequence[TurnContext], cache: EmbeddingCache) -> np.ndarray:
-    """The (n, d) float32 feature matrix of ``contexts``; embeds all new texts in one batch."""
+def build_features(
+    contexts: Sequence[TurnContext], cache: EmbeddingCache, reaction_vectors: np.ndarray | None = None
+) -> np.ndarray:
+    """The (n, d) float32 feature matrix of ``contexts``; embeds all new texts in one batch.
+
+    ``reaction_vectors`` (n, 384), when given, fill the reaction-embedding columns instead of the
+    cache's vectors: a head with its own (fine-tuned) encoder passes them in.
+    """
     texts = []
     for c in contexts:
         texts += [c.reaction or "", c.request or ""]
@@ -185,7 +191,7 @@ def build_features(contexts: Sequence[TurnContext], cache: EmbeddingCache) -> np
     d = EMBED_DIM
     for i, c in enumerate(contexts):
         r = cache.get(c.reaction)
-        X[i, :d] = r
+        X[i, :d] = r if reaction_vectors is None else reaction_vectors[i]
         X[i, d] = float(r @ cache.get(c.request)) if c.request else 0.0
         X[i, d + 1 : d + 1 + N_CUES] = cues(c.reaction or "")
         X[i, d + 1 + N_CUES : d + 1 + 2 * N_CUES] = cues(c.request or "")

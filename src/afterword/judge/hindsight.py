@@ -5,9 +5,12 @@ For every assistant message the judge reads, in order of authority:
 1. **Explicit feedback** on that message (thumbs, rating, correction,
    comment). It always wins: the label follows it and the evidence names it.
 2. **The reaction**, the user messages right after the response, scored by
-   the learned head (:mod:`afterword.judge.model`) over reaction, request
-   and response embeddings plus lexical cues. The cues that fired, and a
-   rephrased request, are reported as evidence on the reaction message.
+   the learned head (:mod:`afterword.judge.model`). The shipped head reads the
+   reaction together with the response through its own fine-tuned MiniLM
+   (:mod:`afterword.judge.finetune`); a head trained with
+   ``--encoder general`` reads the general embedding plus lexical cues. The
+   cues that fired, and a rephrased request, are reported as evidence on the
+   reaction message.
 3. **Later turns** within ``lookahead_turns`` (the user came back to the
    same request) and **later conversations** of the same user within
    ``later_window_days`` (returned to the topic, and said whether it
@@ -15,19 +18,23 @@ For every assistant message the judge reads, in order of authority:
 4. With no reaction at all, the conversation ended on the response:
    abandonment, a weak negative unless the user had already said goodbye.
 
-Everything runs on CPU: MiniLM int8 embeddings and a numpy head. Each
-distinct text is embedded once per call, and :meth:`HindsightJudge.judge_many`
-embeds a whole batch of conversations in one go.
+Everything runs on CPU: int8 ONNX MiniLM encoders and a numpy head. Each
+distinct text is embedded once per call for the similarity signals, each
+(reaction, response) pair once for the head, and
+:meth:`HindsightJudge.judge_many` embeds a whole batch of conversations in
+one go.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 
-from afterword.embed import MODEL_ID, get_embedder
+from afterword.embed import MODEL_ID, Embedder, get_embedder
 from afterword.records import Conversation, Evidence, Feedback, Judgment, JudgmentSource, Label, Message
 
 from .features import EmbeddingCache, TurnContext, assistant_contexts, build_features
@@ -35,9 +42,20 @@ from .judge_config import JudgeConfig
 from .model import CLASSES, HeadModel, load_default
 from .signals import CUE_POLARITY, abandonment_signal, cue_counts, lexical_signals, rephrase_signal
 
-__all__ = ["HindsightJudge", "label_for_score"]
+__all__ = ["HindsightJudge", "label_for_score", "reaction_vectors", "judge_embedder"]
 
 _LABELS = [Label(c) for c in CLASSES]
+_embedders: dict[Path, Embedder] = {}
+_embedders_lock = threading.Lock()
+
+
+def judge_embedder(path: Path) -> Embedder:
+    """One process-wide :class:`Embedder` per judge encoder file (the ONNX session is thread-safe)."""
+    with _embedders_lock:
+        emb = _embedders.get(path)
+        if emb is None:
+            emb = _embedders[path] = Embedder(model_path=path, model_id=path.stem)
+        return emb
 
 
 def label_for_score(score: float) -> Label:
@@ -53,6 +71,18 @@ def _clip(x: float, lo: float = -1.0, hi: float = 1.0) -> float:
     return float(min(hi, max(lo, x)))
 
 
+def reaction_vectors(head: HeadModel, contexts: Sequence[TurnContext], batch_size: int = 32) -> np.ndarray | None:
+    """``head``'s own encoding of each reaction (with its response, for a pair encoder), or None
+    when the head reads the similarity embeddings."""
+    path = head.encoder_path()
+    if path is None:
+        return None
+    enc = judge_embedder(path)
+    if head.encoder_input == "pair":
+        return enc.encode_pairs([(c.reaction or "", c.response or "") for c in contexts], batch_size=batch_size)
+    return enc.encode([c.reaction or "" for c in contexts], batch_size=batch_size)
+
+
 class HindsightJudge:
     """Judge assistant messages from the user's later behaviour (see the module docstring)."""
 
@@ -64,11 +94,14 @@ class HindsightJudge:
 
     @property
     def model_version(self) -> str:
-        return f"hindsight/{self.model.version}+{MODEL_ID}"
+        enc = self.model.encoder_path()
+        return f"hindsight/{self.model.version}+{enc.stem if enc else MODEL_ID}"
 
     def _encoder(self):  # noqa: ANN202
+        """Text -> unit vectors for the similarity signals (and the features of a head without its own encoder)."""
         if self._encode is None:
-            emb = get_embedder()
+            enc = self.model.encoder_path("similarity_encoder")
+            emb = get_embedder() if enc is None else judge_embedder(enc)
             bs = self.config.batch_size
             self._encode = lambda texts: emb.encode(texts, batch_size=bs)
         return self._encode
@@ -101,7 +134,11 @@ class HindsightJudge:
             texts += later_users
         cache.add(texts)
         flat = [c for ctxs in per_item for c in ctxs if c.reaction]
-        probs = self.model.predict_proba(build_features(flat, cache)) if flat else np.zeros((0, 3))
+        probs = (
+            self.model.predict_proba(build_features(flat, cache, self._reaction_vectors(flat)))
+            if flat
+            else np.zeros((0, 3))
+        )
         out: list[list[Judgment]] = []
         k = 0
         for (conv, later), ctxs in zip(items, per_item, strict=True):
@@ -116,6 +153,9 @@ class HindsightJudge:
         return out
 
     # -- internals ---------------------------------------------------------
+
+    def _reaction_vectors(self, contexts: Sequence[TurnContext]) -> np.ndarray | None:
+        return reaction_vectors(self.model, contexts, self.config.batch_size)
 
     def _later_in_window(self, conv: Conversation, later: Sequence[Conversation]) -> list[Conversation]:
         end = max((m.created_utc for m in conv.messages if m.created_utc), default=conv.started_utc)

@@ -41,6 +41,8 @@ class HeadModel:
     layers: list[tuple[np.ndarray, np.ndarray]]
     class_bias: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.float32))
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The folder the head was loaded from; its ``metadata["encoder"]`` file is looked for there first.
+    folder: Path | None = None
 
     @property
     def version(self) -> str:
@@ -49,6 +51,29 @@ class HeadModel:
     @property
     def n_features(self) -> int:
         return int(self.mean.shape[0])
+
+    def encoder_path(self, key: str = "encoder") -> Path | None:
+        """An ONNX encoder the head was trained with, or None for the general-purpose MiniLM.
+
+        ``metadata["encoder"]`` is the encoder of the reaction features (read as
+        ``metadata["encoder_input"]``: ``"text"``, the reaction alone, or ``"pair"``, the reaction
+        with the response); ``metadata["similarity_encoder"]`` the one of the judge's similarity
+        signals. Each names a file beside the head, or else in the shipped assets.
+        """
+        name = self.metadata.get(key)
+        if not name:
+            return None
+        for folder in (self.folder, default_model_path().parent):
+            if folder is not None and (folder / name).is_file():
+                return folder / name
+        raise FileNotFoundError(
+            f"the judge head {self.version!r} needs its {key.replace('_', ' ')} {name!r}, found neither beside "
+            f"the head ({self.folder}) nor in {default_model_path().parent}"
+        )
+
+    @property
+    def encoder_input(self) -> str:
+        return str(self.metadata.get("encoder_input", "text"))
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         h = (np.asarray(X, dtype=np.float32) - self.mean) / self.scale
@@ -92,6 +117,7 @@ class HeadModel:
                 layers=layers,
                 class_bias=z["class_bias"],
                 metadata=json.loads(str(z["metadata_json"])),
+                folder=Path(path).resolve().parent,
             )
 
 

