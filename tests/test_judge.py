@@ -227,7 +227,17 @@ def test_run_bench_keys(tmp_path):
     (d / "valid_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES * 3), encoding="utf-8")
     out = run_bench("asap", [d / "test_mwoz.txt"])
     assert set(out) == set(METRIC_KEYS) | {"baselines"}
-    assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr"}
+    assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr", "afterword_head_lr"}
     for m in out["baselines"].values():
         assert set(m) == set(METRIC_KEYS)
     assert out["acc"] == 1.0 and out["turns_per_s"] > 0
+    # a head given explicitly runs alone: no second afterword row
+    out = run_bench("asap", [d / "test_mwoz.txt"], config=JudgeConfig(model_path="lr"))
+    assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr"}
+
+
+def test_shipped_heads_by_name_and_a_clear_error_otherwise():
+    assert HindsightJudge(JudgeConfig(model_path="lr")).model.version == "uss-mwoz-sgd-lr-v1"
+    assert HindsightJudge().model.encoder_input == "pair"
+    with pytest.raises(FileNotFoundError, match="no-such-head.npz.*finetuned, lr"):
+        HindsightJudge(JudgeConfig(model_path="no-such-head.npz"))

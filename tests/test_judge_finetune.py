@@ -85,6 +85,9 @@ def test_pairs_are_one_cross_encoded_input_in_their_own_order(trained):
     a = emb.encode_pairs([("thanks!", "Booked."), ("that is not what I said at all", "Here you go: a long answer.")])
     b = emb.encode_pairs([("that is not what I said at all", "Here you go: a long answer."), ("thanks!", "Booked.")])
     assert np.allclose(a, b[::-1], atol=1e-5)  # batching sorts by length; the order comes back
+    # int8 weights, float compute: a pair's vector does not depend on the rest of its batch
+    pairs = list(zip(TEXTS, RESPONSES, strict=True))
+    assert np.allclose(emb.encode_pairs(pairs, batch_size=1), emb.encode_pairs(pairs, batch_size=16), atol=1e-5)
     # the response is read: the same reaction after another response embeds differently
     other = emb.encode_pairs([("thanks!", "Sorry, I could not find any train.")])
     assert float(a[0] @ other[0]) < 0.999
@@ -93,13 +96,14 @@ def test_pairs_are_one_cross_encoded_input_in_their_own_order(trained):
     assert not np.allclose(a[0], glued[0], atol=1e-3)
 
 
-def test_the_general_model_exports_close_to_the_shipped_embedder(tmp_path):
-    path = finetune.export_int8_onnx(finetune.base_model(), tmp_path / "similarity_encoder.onnx")
+def test_the_export_keeps_the_model_it_was_given(tmp_path):
+    # the untrained model, exported, reproduces the general embedder (another int8 export of it)
+    path = finetune.export_int8_onnx(finetune.base_model(), tmp_path / "base.onnx")
     texts = [*TEXTS[:6], *RESPONSES[:6], "Where can I park near the station?"]
     ours = Embedder(model_path=path).encode(texts)
     ref = get_embedder().encode(texts)
     cos = np.sum(ours * ref, axis=1)
-    assert cos.mean() > 0.97 and cos.min() > 0.9
+    assert cos.mean() > 0.99 and cos.min() > 0.97
 
 
 def test_judge_uses_the_encoder_named_by_its_head(trained, tmp_path):
@@ -108,18 +112,12 @@ def test_judge_uses_the_encoder_named_by_its_head(trained, tmp_path):
     W = np.zeros((n, 3), np.float32)
     W[:384] = ft.head_weight * ft.scale
     head = HeadModel(np.zeros(n, np.float32), np.ones(n, np.float32), [(W, ft.head_bias)])
-    head.metadata = {
-        "version": "test-ft",
-        "encoder": path.name,
-        "encoder_input": "pair",
-        "similarity_encoder": "s.onnx",
-    }
-    (tmp_path / "s.onnx").write_bytes(path.read_bytes())
+    head.metadata = {"version": "test-ft", "encoder": path.name, "encoder_input": "pair"}
     (tmp_path / path.name).write_bytes(path.read_bytes())
     head.save(tmp_path / "head.npz")
     judge = HindsightJudge(JudgeConfig(model_path=str(tmp_path / "head.npz")))
     assert judge.model_version == "hindsight/test-ft+reaction_encoder"
-    assert judge.model.encoder_path("similarity_encoder") == tmp_path / "s.onnx"
+    assert judge.model.encoder_path() == tmp_path / path.name
     # the head's features are the pair encoding: the same reaction scores per response
     ctx = [
         TurnContext(reaction="thanks, that worked perfectly", response=r, request="a table please", position=1)

@@ -37,6 +37,12 @@ def judge_cmd(
     ),
     model: str = typer.Option("local", "--model", envvar="AFTERWORD_LLM_MODEL"),
     batch_size: int = typer.Option(200, "--batch-size", min=1),
+    head: str = typer.Option(
+        None,
+        "--head",
+        envvar="AFTERWORD_JUDGE_HEAD",
+        help="The judge's head: 'finetuned' (default), 'lr' (about 1.7x faster, less accurate), or a .npz path.",
+    ),
     engine: str = typer.Option("local", "--engine", help="local, or ray for batch work over a cluster."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     workers: int = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -56,7 +62,11 @@ def judge_cmd(
 
         llm_judge = LLMJudge(LLMClient(base_url=endpoint, model=model))
     with guard(as_json):
+        from afterword.judge.judge_config import JudgeConfig
+        from afterword.judge.model import head_path
+
         since_dt = parse_date(since, "--since")
+        config = JudgeConfig(model_path=str(head_path(head))) if head else None
         if engine == "ray":
             from afterword.judge.distributed import judge_store_ray
 
@@ -75,6 +85,7 @@ def judge_cmd(
                     address=address,
                     num_workers=workers,
                     batch_size=batch_size,
+                    config=config,
                     progress=adv,
                 )
             if skipped:
@@ -82,7 +93,9 @@ def judge_cmd(
         else:
             n = len(pending_conversations(store, since=since_dt))
             with progress_bar("judging", n, not as_json) as adv:
-                res = judge_store(store, since=since_dt, llm_judge=llm_judge, batch_size=batch_size, progress=adv)
+                res = judge_store(
+                    store, since=since_dt, config=config, llm_judge=llm_judge, batch_size=batch_size, progress=adv
+                )
     emit(
         res,
         as_json,

@@ -111,7 +111,7 @@ def _hosts(examples: Sequence[Example]) -> tuple[list[Conversation], list[tuple[
 
 def _afterword(examples: Sequence[Example], judge: HindsightJudge) -> tuple[list[int], float]:
     hosts, where = _hosts(examples)
-    judge._encoder()(["warm up"])  # load the ONNX session outside the timed part
+    judge.warm_up()  # load the ONNX sessions outside the timed part
     t0 = time.perf_counter()
     judged = judge.judge_many([(h, []) for h in hosts])
     elapsed = time.perf_counter() - t0
@@ -231,6 +231,7 @@ def run_bench(
     train the TF-IDF baseline and set the majority class. With ``endpoint``
     (an OpenAI-compatible URL; ``llm_model`` defaults to the first model it
     lists), the LLM judge runs too, on ``llm_limit`` evenly spread examples.
+    With the default head, the shipped ``lr`` head runs too (``baselines.afterword_head_lr``).
     """
     if format not in ("asap", "uss"):
         raise ValueError(f"format must be 'asap' or 'uss', not {format!r}")
@@ -252,6 +253,11 @@ def run_bench(
     baselines = {"majority": metrics(y, maj, len(test) / max(time.perf_counter() - t0, 1e-9))}
     baselines["lexicon"] = metrics(y, *_lexicon(test))
     baselines["tfidf_lr"] = metrics(y, *_tfidf_lr(train, test))
+    if cfg.model_path is None:
+        # The other shipped head, side by side: the faster, less accurate choice (``--head lr``).
+        baselines["afterword_head_lr"] = metrics(
+            y, *_afterword(test, HindsightJudge(cfg.model_copy(update={"model_path": "lr"})))
+        )
     if endpoint:
         picks, llm_preds, llm_tps, unusable = _llm_judge(test, endpoint, llm_model, llm_limit)
         ys = [y[i] for i in picks]

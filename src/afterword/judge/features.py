@@ -10,10 +10,13 @@ The *reaction* is the block of user messages right after the response (the
 message a USS/ASAP rating is given with), the *request* is the user message
 just before the response. Everything here transfers across domains: no
 dialogue-act ids, no domain vocabulary beyond the generic cue lexicon.
-Embeddings of the request and of the response itself were tried and left
-out: on the ASAP valid splits they did not help and they cost the held-out
-domain (CCPE) several points, and not embedding responses halves the
-embedding work per judged turn (see ``scripts/train_judge.py``).
+Separate general-purpose embeddings of the request and of the response were
+tried and left out: with a frozen encoder they did not help on the ASAP
+valid splits and cost the held-out domain (CCPE) several points. The
+response does count in the default head, through its own encoder: the
+reaction embedding columns then hold a fine-tuned MiniLM's encoding of the
+pair (reaction, response) (``reaction_vectors`` in
+:mod:`afterword.judge.hindsight`, :mod:`afterword.judge.finetune`).
 
 Embeddings go through :class:`EmbeddingCache`, so each distinct text is
 embedded once per judge run, whatever roles it plays (the reaction to one

@@ -19,8 +19,9 @@ For every assistant message the judge reads, in order of authority:
    abandonment, a weak negative unless the user had already said goodbye.
 
 Everything runs on CPU: int8 ONNX MiniLM encoders and a numpy head. Each
-distinct text is embedded once per call for the similarity signals, each
-(reaction, response) pair once for the head, and
+distinct text is embedded once per call by the general MiniLM for the
+similarity signals, each (reaction, response) pair once by the head's
+encoder, and
 :meth:`HindsightJudge.judge_many` embeds a whole batch of conversations in
 one go.
 """
@@ -39,7 +40,7 @@ from afterword.records import Conversation, Evidence, Feedback, Judgment, Judgme
 
 from .features import EmbeddingCache, TurnContext, assistant_contexts, build_features
 from .judge_config import JudgeConfig
-from .model import CLASSES, HeadModel, load_default
+from .model import CLASSES, HeadModel, head_path, load_default
 from .signals import CUE_POLARITY, abandonment_signal, cue_counts, lexical_signals, rephrase_signal
 
 __all__ = ["HindsightJudge", "label_for_score", "reaction_vectors", "judge_embedder"]
@@ -88,7 +89,9 @@ class HindsightJudge:
 
     def __init__(self, config: JudgeConfig | None = None, *, encode=None) -> None:  # noqa: ANN001
         self.config = config or JudgeConfig()
-        self.model: HeadModel = HeadModel.load(self.config.model_path) if self.config.model_path else load_default()
+        self.model: HeadModel = (
+            HeadModel.load(head_path(self.config.model_path)) if self.config.model_path else load_default()
+        )
         # ``encode`` lets tests and benchmarks pass a precomputed lookup.
         self._encode = encode
 
@@ -97,11 +100,17 @@ class HindsightJudge:
         enc = self.model.encoder_path()
         return f"hindsight/{self.model.version}+{enc.stem if enc else MODEL_ID}"
 
+    def warm_up(self) -> None:
+        """Load every encoder the judge runs (their ONNX sessions take a second or so each)."""
+        self._encoder()(["warm up"])
+        path = self.model.encoder_path()
+        if path is not None:
+            judge_embedder(path).encode(["warm up"])
+
     def _encoder(self):  # noqa: ANN202
         """Text -> unit vectors for the similarity signals (and the features of a head without its own encoder)."""
         if self._encode is None:
-            enc = self.model.encoder_path("similarity_encoder")
-            emb = get_embedder() if enc is None else judge_embedder(enc)
+            emb = get_embedder()
             bs = self.config.batch_size
             self._encode = lambda texts: emb.encode(texts, batch_size=bs)
         return self._encode
