@@ -21,9 +21,8 @@ For every assistant message the judge reads, in order of authority:
 Everything runs on CPU: int8 ONNX MiniLM encoders and a numpy head. Each
 distinct text is embedded once per call by the general MiniLM for the
 similarity signals, each (reaction, response) pair once by the head's
-encoder, and
-:meth:`HindsightJudge.judge_many` embeds a whole batch of conversations in
-one go.
+encoder, and :meth:`HindsightJudge.judge_many` embeds a whole batch of
+conversations in one go.
 """
 
 from __future__ import annotations
