@@ -82,6 +82,8 @@ def test_errors_are_json_too(loaded: Path) -> None:
     assert "sideways" in last_json(out)["error"]
     out = cli(loaded, "import", sample_path(), "--format", "nope", "--json", code=1)
     assert "unknown import format 'nope'" in last_json(out)["error"]
+    out = cli(loaded, "judge", "--head", "no-such-head.npz", "--json", code=1)
+    assert "not a shipped head (finetuned, lr)" in last_json(out)["error"]
 
 
 BAD = [

@@ -26,7 +26,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HeadModel", "default_model_path", "head_path", "load_default", "CLASSES", "SHIPPED_HEADS"]
+from afterword.errors import ConfigError
+
+__all__ = [
+    "HeadModel",
+    "HeadNotFoundError",
+    "default_model_path",
+    "head_path",
+    "load_default",
+    "CLASSES",
+    "SHIPPED_HEADS",
+]
 
 CLASSES = ("dissatisfied", "neutral", "satisfied")
 _ASSET = "hindsight_head.npz"
@@ -34,6 +44,10 @@ _ASSET = "hindsight_head.npz"
 #: fine-tuned on (reaction, response) pairs, more accurate) and ``lr`` (logistic regression over
 #: the general embedding and lexical cues: 3 to 5 times the throughput, 3 to 6 UAR points less).
 SHIPPED_HEADS = {"finetuned": _ASSET, "lr": "hindsight_head_lr.npz"}
+
+
+class HeadNotFoundError(ConfigError, FileNotFoundError):
+    """A judge head, or the encoder a head names, is not where it was looked for."""
 
 
 def default_model_path() -> Path:
@@ -46,7 +60,7 @@ def head_path(name_or_path: str) -> Path:
         return default_model_path().parent / SHIPPED_HEADS[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise HeadNotFoundError(
             f"judge head {name_or_path!r}: no such file, and not a shipped head ({', '.join(SHIPPED_HEADS)})"
         )
     return path
@@ -85,7 +99,7 @@ class HeadModel:
         for folder in (self.folder, default_model_path().parent):
             if folder is not None and (folder / name).is_file():
                 return folder / name
-        raise FileNotFoundError(
+        raise HeadNotFoundError(
             f"the judge head {self.version!r} needs its encoder {name!r}, found neither beside "
             f"the head ({self.folder}) nor in {default_model_path().parent}"
         )
