@@ -19,6 +19,7 @@ from afterword.records import Conversation, Message
 
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
+pytest.importorskip("onnx_ir")  # onnxruntime's MatMulNBits quantiser needs it
 finetune = pytest.importorskip("afterword.judge.finetune")
 try:
     finetune.base_model_dir()
