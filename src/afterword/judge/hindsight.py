@@ -27,14 +27,12 @@ conversations in one go.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 
-from afterword.embed import MODEL_ID, Embedder, get_embedder
+from afterword.embed import MODEL_ID, get_embedder
 from afterword.records import Conversation, Evidence, Feedback, Judgment, JudgmentSource, Label, Message
 
 from .features import EmbeddingCache, TurnContext, assistant_contexts, build_features
@@ -42,20 +40,9 @@ from .judge_config import JudgeConfig
 from .model import CLASSES, HeadModel, head_path, load_default
 from .signals import CUE_POLARITY, abandonment_signal, cue_counts, lexical_signals, rephrase_signal
 
-__all__ = ["HindsightJudge", "label_for_score", "reaction_vectors", "judge_embedder"]
+__all__ = ["HindsightJudge", "label_for_score", "reaction_vectors"]
 
 _LABELS = [Label(c) for c in CLASSES]
-_embedders: dict[Path, Embedder] = {}
-_embedders_lock = threading.Lock()
-
-
-def judge_embedder(path: Path) -> Embedder:
-    """One process-wide :class:`Embedder` per judge encoder file (the ONNX session is thread-safe)."""
-    with _embedders_lock:
-        emb = _embedders.get(path)
-        if emb is None:
-            emb = _embedders[path] = Embedder(model_path=path, model_id=path.stem)
-        return emb
 
 
 def label_for_score(score: float) -> Label:
@@ -77,7 +64,7 @@ def reaction_vectors(head: HeadModel, contexts: Sequence[TurnContext], batch_siz
     path = head.encoder_path()
     if path is None:
         return None
-    enc = judge_embedder(path)
+    enc = get_embedder(path)
     if head.encoder_input == "pair":
         return enc.encode_pairs([(c.reaction or "", c.response or "") for c in contexts], batch_size=batch_size)
     return enc.encode([c.reaction or "" for c in contexts], batch_size=batch_size)
@@ -104,7 +91,7 @@ class HindsightJudge:
         self._encoder()(["warm up"])
         path = self.model.encoder_path()
         if path is not None:
-            judge_embedder(path).encode(["warm up"])
+            get_embedder(path).encode(["warm up"])
 
     def _encoder(self):  # noqa: ANN202
         """Text -> unit vectors for the similarity signals (and the features of a head without its own encoder)."""
