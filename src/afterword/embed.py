@@ -59,7 +59,7 @@ class Embedder:
         tok_path = resources.files("afterword") / "assets" / "minilm_tokenizer.json"
         self.tokenizer = Tokenizer.from_str(tok_path.read_text(encoding="utf-8"))
         self.tokenizer.enable_truncation(max_length=max_tokens)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer.no_padding()  # the file asks for padding to 128; _encode pads each batch itself
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or int(os.environ.get("AFTERWORD_EMBED_THREADS", "0"))
         opts.inter_op_num_threads = 1
@@ -79,16 +79,22 @@ class Embedder:
         out = np.zeros((len(inputs), EMBED_DIM), dtype=np.float32)
         if not inputs:
             return out
-        # Sort by length so each batch pads little; restore order at the end.
-        order = sorted(
-            range(len(inputs)), key=lambda i: len(inputs[i]) if isinstance(inputs[i], str) else sum(map(len, inputs[i]))
-        )
+        # Tokenize everything once, then batch by token count so each batch pads little (sorting by
+        # characters left a fifth of the tokens as padding); restore order at the end.
+        encs = self.tokenizer.encode_batch(list(inputs))
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            encs = self.tokenizer.encode_batch([inputs[i] for i in idx])
-            ids = np.asarray([e.ids for e in encs], dtype=np.int64)
-            mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
-            types = np.asarray([e.type_ids for e in encs], dtype=np.int64)
+            width = int(lengths[idx].max())
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            types = np.zeros_like(ids)
+            mask = np.zeros_like(ids)
+            for row, i in enumerate(idx):
+                n = lengths[i]
+                ids[row, :n] = encs[i].ids
+                types[row, :n] = encs[i].type_ids
+                mask[row, :n] = 1
             hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
             m = mask[..., None].astype(np.float32)
             pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
