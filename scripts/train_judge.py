@@ -2,6 +2,7 @@
 
     python scripts/train_judge.py ../shared/data            # fine-tuned encoder (the shipped judge)
     python scripts/train_judge.py ../shared/data --encoder general   # frozen MiniLM + LR head (v1)
+    python scripts/train_judge.py ../shared/data --layers 2 --out /tmp/l2/hindsight_head.npz  # a 2-layer student
 
 With ``--encoder finetune`` (the default; needs the ``train`` extra) MiniLM is
 fine-tuned for one epoch on (reaction, response) pairs (afterword.judge.finetune),
@@ -117,6 +118,7 @@ def finetune_head(
     folder: Path,
     save_torch: Path | None = None,
     from_torch: Path | None = None,
+    layers: int | None = None,
 ) -> tuple[HeadModel, EmbeddingCache, dict]:
     """v2: fine-tune MiniLM on (reaction, response) pairs, export it to int8 ONNX, use its linear layer as the head.
 
@@ -131,7 +133,7 @@ def finetune_head(
     ctxs = [context_at(e.conv.messages, e.index) for e in train]
     texts = [c.reaction or "" for c in ctxs]
     responses = [c.response or "" for c in ctxs]
-    cfg = FinetuneConfig()
+    cfg = FinetuneConfig(layers=layers)
     t0 = time.time()
 
     def progress(step: int, steps: int, loss: float) -> None:
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--from-torch", type=Path, help="skip fine-tuning: export and evaluate a float model kept by --save-torch"
     )
+    ap.add_argument("--layers", type=int, help="fine-tune only the first N of the 6 layers (faster, less accurate)")
     args = ap.parse_args(argv)
     d: Path = args.data
     t_start = time.time()
@@ -218,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn import __version__ as sk_version
 
     if args.encoder == "finetune":
-        head, cache, head_info = finetune_head(train, y, general, args.out.parent, args.save_torch, args.from_torch)
+        head, cache, head_info = finetune_head(
+            train, y, general, args.out.parent, args.save_torch, args.from_torch, args.layers
+        )
     else:
         head, cache, head_info = lr_head(train, general)
     Xv, yv = featurise(valid, cache, head)

@@ -147,3 +147,19 @@ def test_a_head_whose_encoder_is_missing_says_so(tmp_path):
         HindsightJudge(JudgeConfig(model_path=str(tmp_path / "head.npz"))).judge_conversation(
             Conversation(id="c", messages=[Message(id="a", role="assistant", content="hi")])
         )
+
+
+def test_a_smaller_encoder_keeps_only_its_first_layers(tmp_path):
+    cfg = finetune.FinetuneConfig(batch_size=8, lr=2e-4, layers=2, threads=2)
+    ft = finetune.finetune_reaction_encoder(TEXTS, LABELS, second=RESPONSES, config=cfg)
+    assert ft.model.config.num_hidden_layers == 2 and len(ft.model.encoder.layer) == 2
+    assert len(ft.losses) == 3  # 24 pairs / 8 per batch, one epoch
+    import onnx
+
+    path = finetune.export_int8_onnx(ft.model, tmp_path / "small.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulNBits") == 2 * 6  # q, k, v, out, ffn in, ffn out per layer
+    v = Embedder(model_path=path).encode_pairs(list(zip(TEXTS[:4], RESPONSES[:4], strict=True)))
+    assert v.shape == (4, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="layers must be 1..6"):
+        finetune.finetune_reaction_encoder(TEXTS, LABELS, config=finetune.FinetuneConfig(layers=7))

