@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -234,6 +235,28 @@ def test_run_bench_keys(tmp_path):
     # a head given explicitly runs alone: no second afterword row
     out = run_bench("asap", [d / "test_mwoz.txt"], config=JudgeConfig(model_path="lr"))
     assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr"}
+
+
+def test_bench_cli_takes_a_head(tmp_path):
+    from typer.testing import CliRunner
+
+    from afterword.cli import app
+
+    d = tmp_path / "mwoz"
+    d.mkdir()
+    (d / "test_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES), encoding="utf-8")
+    (d / "valid_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES * 3), encoding="utf-8")
+    args = ["bench", "hindsight", str(d / "test_mwoz.txt"), "--format", "asap", "--json"]
+    res = CliRunner().invoke(app, [*args, "--head", "lr"], catch_exceptions=False)
+    assert res.exit_code == 0, res.stdout
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr"} and out["acc"] == 1.0
+    # the default head, named, still brings the lr head beside it
+    res = CliRunner().invoke(app, [*args, "--head", "finetuned"], catch_exceptions=False)
+    assert "afterword_head_lr" in json.loads(res.stdout.strip().splitlines()[-1])["baselines"]
+    res = CliRunner().invoke(app, [*args, "--head", "no-such-head.npz"], catch_exceptions=False)
+    assert res.exit_code == 1
+    assert "not a shipped head (finetuned, lr)" in json.loads(res.stdout.strip().splitlines()[-1])["error"]
 
 
 def test_shipped_heads_by_name_and_a_clear_error_otherwise():

@@ -45,10 +45,16 @@ def hindsight_cmd(
     endpoint: str = typer.Option(None, "--endpoint", help="Also run the LLM judge on this OpenAI-compatible URL."),
     llm_model: str = typer.Option(None, "--llm-model", help="Model name for --endpoint (default: the first listed)."),
     llm_limit: int = typer.Option(200, "--llm-limit", min=1, help="Examples the LLM judge grades (evenly spread)."),
+    head: str = typer.Option(
+        None,
+        "--head",
+        help="The judge's head: 'finetuned' (default; the 'lr' head then runs beside it), 'lr', or a .npz path.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Hindsight satisfaction: UAR, kappa, rho, bi-F1, accuracy, macro-F1, turns/s vs baselines."""
     from afterword.judge.bench import run_bench
+    from afterword.judge.judge_config import JudgeConfig
 
     if fmt not in ("asap", "uss"):
         raise typer.BadParameter("--format must be asap or uss")
@@ -60,6 +66,7 @@ def hindsight_cmd(
             endpoint=endpoint,
             llm_model=llm_model,
             llm_limit=llm_limit,
+            config=JudgeConfig(model_path=head),
         )
     keys = ["uar", "kappa", "rho", "bi_f1", "acc", "macro_f1", "turns_per_s"]
     if as_json:

@@ -253,7 +253,7 @@ def run_bench(
     baselines = {"majority": metrics(y, maj, len(test) / max(time.perf_counter() - t0, 1e-9))}
     baselines["lexicon"] = metrics(y, *_lexicon(test))
     baselines["tfidf_lr"] = metrics(y, *_tfidf_lr(train, test))
-    if cfg.model_path is None:
+    if cfg.model_path in (None, "finetuned"):
         # The other shipped head, side by side: the faster, less accurate choice (``--head lr``).
         baselines["afterword_head_lr"] = metrics(
             y, *_afterword(test, HindsightJudge(cfg.model_copy(update={"model_path": "lr"})))
