@@ -264,3 +264,26 @@ def test_shipped_heads_by_name_and_a_clear_error_otherwise():
     assert HindsightJudge().model.encoder_input == "pair"
     with pytest.raises(FileNotFoundError, match="no-such-head.npz.*finetuned, lr"):
         HindsightJudge(JudgeConfig(model_path="no-such-head.npz"))
+
+
+@pytest.mark.parametrize("head", ["finetuned", "lr"])
+def test_a_rephrase_shown_as_evidence_is_one_the_score_used(head):
+    conv = Conversation(
+        id="r1",
+        messages=[
+            Message(id="u1", role="user", content="I need a cheap hotel in the north with free parking."),
+            Message(id="a1", role="assistant", content="The Acorn guest house is in the north."),
+            Message(id="u2", role="user", content="I need a cheap hotel in the north, with free parking please."),
+        ],
+    )
+    judge = HindsightJudge(JudgeConfig(model_path=head))
+    (j,) = judge.judge_conversation(conv)
+    by_signal = {e.signal: e for e in j.evidence}
+    assert by_signal["rephrase"].message_id == "u2" and by_signal["rephrase"].weight < 0
+    head_score = by_signal["reaction"].weight
+    if head == "finetuned":
+        # the head never saw the request: the rephrase moves the score itself
+        assert j.score == pytest.approx(max(-1.0, head_score + 0.5 * by_signal["rephrase"].weight), abs=1e-3)
+    else:
+        # the lr head reads the cosine as a feature: it is inside the head's score already
+        assert j.score == pytest.approx(head_score, abs=1e-3)

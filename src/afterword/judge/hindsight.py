@@ -10,7 +10,10 @@ For every assistant message the judge reads, in order of authority:
    (:mod:`afterword.judge.finetune`); a head trained with
    ``--encoder general`` reads the general embedding plus lexical cues. The
    cues that fired, and a rephrased request, are reported as evidence on the
-   reaction message.
+   reaction message. The shipped head does not read the request, so for it
+   a rephrase (cosine to the previous request >= ``rephrase_threshold``)
+   moves the score like a later signal; the ``lr`` head reads that cosine
+   as a feature. Either way the evidence shown is what moved the score.
 3. **Later turns** within ``lookahead_turns`` (the user came back to the
    same request) and **later conversations** of the same user within
    ``later_window_days`` (returned to the topic, and said whether it
@@ -35,7 +38,7 @@ import numpy as np
 from afterword.embed import MODEL_ID, get_embedder
 from afterword.records import Conversation, Evidence, Feedback, Judgment, JudgmentSource, Label, Message
 
-from .features import EmbeddingCache, TurnContext, assistant_contexts, build_features
+from .features import EmbeddingCache, TurnContext, assistant_contexts, build_features, feature_names
 from .judge_config import JudgeConfig
 from .model import CLASSES, HeadModel, head_path, load_default
 from .signals import CUE_POLARITY, abandonment_signal, cue_counts, lexical_signals, rephrase_signal
@@ -80,6 +83,9 @@ class HindsightJudge:
         )
         # ``encode`` lets tests and benchmarks pass a precomputed lookup.
         self._encode = encode
+        # A head that reads (reaction, response) through its own encoder ignores the rephrase
+        # column; a rephrase then moves the score directly, like the later signals.
+        self._rephrase_shifts = not self.model.reads_column(feature_names().index("cos_react_request"))
 
     @property
     def model_version(self) -> str:
@@ -194,6 +200,7 @@ class HindsightJudge:
         cfg = self.config
 
         explicit = self._explicit(conv, ctx.response_index, response.id)
+        rephrase = 0.0
         if p is not None:
             reaction_id = msgs[ctx.reaction_index].id
             score = float(p[2] - p[0])
@@ -214,6 +221,8 @@ class HindsightJudge:
                 s = rephrase_signal(sim, cfg.rephrase_threshold)
                 if s:
                     evidence.append(Evidence(signal=s.name, message_id=reaction_id, weight=s.strength, detail=s.detail))
+                    if self._rephrase_shifts:
+                        rephrase = s.strength
         else:
             prev = None
             for m in reversed(msgs[: ctx.response_index]):
@@ -224,7 +233,7 @@ class HindsightJudge:
             score, label, confidence = s.strength, Label.neutral, 0.3 if s.strength else 0.2
             evidence.append(Evidence(signal=s.name, message_id=response.id, weight=s.strength, detail=s.detail))
 
-        shift = self._later_signals(conv, later, ctx, cache, evidence)
+        shift = _clip(self._later_signals(conv, later, ctx, cache, evidence) + rephrase)
         if shift:
             score = _clip(score + cfg.later_weight * shift)
             label = label_for_score(score)

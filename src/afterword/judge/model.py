@@ -108,6 +108,10 @@ class HeadModel:
     def encoder_input(self) -> str:
         return str(self.metadata.get("encoder_input", "text"))
 
+    def reads_column(self, i: int) -> bool:
+        """Whether feature column ``i`` can move the head's output (a zero input row is ignored)."""
+        return bool(np.any(self.layers[0][0][i] != 0))
+
     def logits(self, X: np.ndarray) -> np.ndarray:
         h = (np.asarray(X, dtype=np.float32) - self.mean) / self.scale
         for i, (W, b) in enumerate(self.layers):
