@@ -16,7 +16,11 @@ Training data: the USS train splits of MWOZ and SGD, rebuilt as the full USS
 files minus every dialogue that appears in the ASAP valid or test splits
 (matched on turn texts, see afterword.importers.uss.train_split). Every rated
 user message is one example, labelled 0/1/2 for a mean rating below, equal
-to, or above 3. CCPE is kept out of training entirely, as a held-out domain.
+to, or above 3. By default CCPE is kept out of training entirely, as a
+held-out domain; ``--with-ccpe`` trains on it too, except every fifth CCPE
+dialogue (the same ones as ``awk -v RS= 'NR % 5 == 1' CCPE.txt``), which is
+scored as ``uss_ccpe_every5th`` (also reported without ``--with-ccpe``, so
+the two runs compare on the same dialogues).
 
 Model selection: the class-prior adjustment (``class_bias``) is tuned for
 UAR on the ASAP valid splits of MWOZ and SGD together. The ASAP test splits
@@ -185,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--from-torch", type=Path, help="skip fine-tuning: export and evaluate a float model kept by --save-torch"
     )
+    ap.add_argument(
+        "--with-ccpe",
+        action="store_true",
+        help="also train on CCPE (all but every fifth dialogue, which stays out as its test part)",
+    )
     ap.add_argument("--layers", type=int, help="fine-tune only the first N of the 6 layers (faster, less accurate)")
     args = ap.parse_args(argv)
     d: Path = args.data
@@ -206,10 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     train_convs = {
         name: list(uss.train_split(files[f"uss/{name}.txt"], held[name.lower()])) for name in ("MWOZ", "SGD")
     }
+    ccpe = list(raise_errors(uss.parse(files["uss/CCPE.txt"])))
+    if args.with_ccpe:  # every fifth CCPE dialogue stays out, as CCPE's test part
+        train_convs["CCPE"] = [c for i, c in enumerate(ccpe) if i % 5]
     train = [e for convs in train_convs.values() for e in uss_examples(convs)]
     valid = [e for dom in ("mwoz", "sgd") for e in asap_examples(files[f"asap/{dom}/valid_{dom}.txt"])]
     tests = {f"asap_{dom}_test": list(asap_examples(files[f"asap/{dom}/test_{dom}.txt"])) for dom in ("mwoz", "sgd")}
-    tests["uss_ccpe_heldout"] = list(uss_examples(raise_errors(uss.parse(files["uss/CCPE.txt"])), need_response=True))
+    if not args.with_ccpe:
+        tests["uss_ccpe_heldout"] = list(uss_examples(ccpe, need_response=True))
+    tests["uss_ccpe_every5th"] = list(uss_examples(ccpe[::5], need_response=True))
 
     general = get_embedder()
     y = np.asarray([e.label for e in train])
@@ -236,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("turns_per_s")
 
     provenance = {
-        "version": VERSIONS[args.encoder],
+        "version": VERSIONS[args.encoder].replace("-sgd-", "-sgd-ccpe-") if args.with_ccpe else VERSIONS[args.encoder],
         "command": "python scripts/train_judge.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "data_sha256": {k: sha256(v) for k, v in files.items()},
         "train": {
