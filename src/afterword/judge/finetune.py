@@ -27,7 +27,7 @@ same vector in any batch, within 0.1 point of UAR of the float model.
 
 ``FinetuneConfig.layers`` keeps only the first layers of MiniLM, for a
 faster encoder: with 2 of the 6 layers the judge ran about twice as fast
-and lost 2 to 4 points of UAR (``docs/benchmarks.md``, the speed/accuracy
+and lost 1.5 to 4 points of UAR (``docs/benchmarks.md``, the speed/accuracy
 table), so the shipped encoder keeps all six.
 
 Needs the ``train`` extra (torch, transformers, onnx) and the base weights
