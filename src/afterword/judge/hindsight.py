@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 
 import numpy as np
 
@@ -87,8 +88,9 @@ class HindsightJudge:
         # column; a rephrase then moves the score directly, like the later signals.
         self._rephrase_shifts = not self.model.reads_column(feature_names().index("cos_react_request"))
 
-    @property
+    @cached_property
     def model_version(self) -> str:
+        # Once per judge: every judgment carries it, and encoder_path() looks on disk.
         enc = self.model.encoder_path()
         return f"hindsight/{self.model.version}+{enc.stem if enc else MODEL_ID}"
 
