@@ -221,19 +221,25 @@ def _asap_line(ctx: str, reaction: str, label: int) -> str:
     return f"{[ctx, reaction + '|||']!r}\t[0, 0]\t{label}\n"
 
 
-def test_run_bench_keys(tmp_path):
+def _asap_split(tmp_path):
+    """A tiny ASAP MWOZ test split, with the valid split beside it that trains the baselines."""
     d = tmp_path / "mwoz"
     d.mkdir()
     (d / "test_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES), encoding="utf-8")
     (d / "valid_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES * 3), encoding="utf-8")
-    out = run_bench("asap", [d / "test_mwoz.txt"])
+    return d / "test_mwoz.txt"
+
+
+def test_run_bench_keys(tmp_path):
+    test = _asap_split(tmp_path)
+    out = run_bench("asap", [test])
     assert set(out) == set(METRIC_KEYS) | {"baselines"}
     assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr", "afterword_head_lr"}
     for m in out["baselines"].values():
         assert set(m) == set(METRIC_KEYS)
     assert out["acc"] == 1.0 and out["turns_per_s"] > 0
     # a head given explicitly runs alone: no second afterword row
-    out = run_bench("asap", [d / "test_mwoz.txt"], config=JudgeConfig(model_path="lr"))
+    out = run_bench("asap", [test], config=JudgeConfig(model_path="lr"))
     assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr"}
 
 
@@ -242,21 +248,18 @@ def test_bench_cli_takes_a_head(tmp_path):
 
     from afterword.cli import app
 
-    d = tmp_path / "mwoz"
-    d.mkdir()
-    (d / "test_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES), encoding="utf-8")
-    (d / "valid_mwoz.txt").write_text("".join(_asap_line(*x) for x in _LINES * 3), encoding="utf-8")
-    args = ["bench", "hindsight", str(d / "test_mwoz.txt"), "--format", "asap", "--json"]
-    res = CliRunner().invoke(app, [*args, "--head", "lr"], catch_exceptions=False)
-    assert res.exit_code == 0, res.stdout
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    args = ["bench", "hindsight", str(_asap_split(tmp_path)), "--format", "asap", "--json"]
+
+    def bench(head: str, code: int = 0) -> dict:
+        res = CliRunner().invoke(app, [*args, "--head", head], catch_exceptions=False)
+        assert res.exit_code == code, res.stdout
+        return json.loads(res.stdout.strip().splitlines()[-1])  # --json: the last line
+
+    out = bench("lr")
     assert set(out["baselines"]) == {"majority", "lexicon", "tfidf_lr"} and out["acc"] == 1.0
     # the default head, named, still brings the lr head beside it
-    res = CliRunner().invoke(app, [*args, "--head", "finetuned"], catch_exceptions=False)
-    assert "afterword_head_lr" in json.loads(res.stdout.strip().splitlines()[-1])["baselines"]
-    res = CliRunner().invoke(app, [*args, "--head", "no-such-head.npz"], catch_exceptions=False)
-    assert res.exit_code == 1
-    assert "not a shipped head (finetuned, lr)" in json.loads(res.stdout.strip().splitlines()[-1])["error"]
+    assert "afterword_head_lr" in bench("finetuned")["baselines"]
+    assert "not a shipped head (finetuned, lr)" in bench("no-such-head.npz", code=1)["error"]
 
 
 def test_shipped_heads_by_name_and_a_clear_error_otherwise():
