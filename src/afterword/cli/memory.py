@@ -20,10 +20,13 @@ from afterword.memory import (
     list_memories,
     pin_memory,
     rebuild_index,
+    recall,
     retrieve,
 )
 
-group = typer.Typer(help="Lessons, preferences and facts: build, list, show, edit, pin, delete, search, forget.")
+group = typer.Typer(
+    help="Lessons, preferences and facts: build, list, show, edit, pin, delete, search, forget; recall earlier turns."
+)
 
 
 def _table(rows: list[dict[str, Any]], title: str) -> None:
@@ -159,16 +162,43 @@ def search_cmd(
     emit(hits, as_json, render)
 
 
+@group.command("recall")
+def recall_cmd(
+    query: str = typer.Argument(...),
+    user: str = typer.Option(..., "--user", help="Whose earlier conversations to search (only theirs)."),
+    k: int = typer.Option(5, "--k", min=1),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or bm25"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The turns of a user's earlier conversations that best answer a question (raw text, this user only)."""
+    if mode not in ("hybrid", "dense", "bm25"):
+        fail("--mode must be hybrid, dense or bm25", as_json)
+    with guard(as_json):
+        hits = [h.as_dict() for h in recall(open_store(), query, user_id=user, k=k, mode=mode)]  # type: ignore[arg-type]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        tab = Table(title=f"{len(rows)} earlier turns of {user} for {query!r}")
+        for c in ("when", "speaker", "score", "text", "message"):
+            tab.add_column(c, overflow="fold")
+        for r in rows:
+            when = (r["created_utc"] or "")[:16].replace("T", " ")
+            tab.add_row(when, r["speaker"], f"{r['score']:.2f}", r["text"], r["message_id"])
+        console.print(tab)
+
+    emit(hits, as_json, render)
+
+
 @group.command("inject")
 def inject_cmd(
     message: str = typer.Argument(..., help="A user message."),
     user: str = typer.Option(None, "--user"),
     budget: int = typer.Option(300, "--budget", help="Token budget."),
+    recall_turns: int = typer.Option(0, "--recall-turns", min=0, help="Also up to N earlier turns of the user's."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Preview what would be injected into a request with this user message."""
     with guard(as_json):
-        inj = MemoryInjector(open_store(), MemoryConfig(token_budget=budget)).inject(
+        inj = MemoryInjector(open_store(), MemoryConfig(token_budget=budget, recall_turns=recall_turns)).inject(
             [{"role": "user", "content": message}], user_id=user
         )
     data = {**inj.as_dict(), "messages": inj.messages}

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, state
+from afterword.memory.memory_config import MemoryConfig
 from afterword.serve import ProxyConfig, create_key, is_loopback, list_keys, revoke_key, run
 from afterword.serve.keys import SCOPES, get_key, key_id
 
@@ -29,6 +30,9 @@ def serve_cmd(
         help="Require afterword API keys. Default: required unless bound to a loopback host.",
     ),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Inject users' memories into requests."),
+    recall_turns: int = typer.Option(
+        0, "--recall-turns", min=0, help="Also inject up to N matching turns of the user's earlier conversations."
+    ),
     upstream_key: str | None = typer.Option(
         None, "--upstream-key", envvar="AFTERWORD_UPSTREAM_KEY", help="Key sent to the upstream (never the client's)."
     ),
@@ -48,6 +52,7 @@ def serve_cmd(
             upstream_key=upstream_key,
             require_key=require_key,
             memory=memory,
+            memory_config=MemoryConfig(recall_turns=recall_turns),
             spool_path=spool,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
         )
@@ -59,6 +64,7 @@ def serve_cmd(
         "workers": workers,
         "auth": config.require_key,
         "memory": config.memory,
+        "recall_turns": config.memory_config.recall_turns,
     }
     emit(info, as_json, lambda d: console.print(f"afterword proxy on [bold]{d['url']}[/] → {d['upstream']} {d}"))
     run(

@@ -3,6 +3,7 @@
 - ``lessons``: from corrections and confidently bad judgments (structural, or distilled by an LLM).
 - ``preferences``: per-user preferences and facts; a newer value supersedes the older one.
 - ``index`` / ``retrieval``: hybrid dense + BM25 search with per-user isolation.
+- ``episodic``: ``recall``, search a user's earlier turns themselves (what LoCoMo measures; ``turns``).
 - ``inject``: :class:`MemoryInjector`, what ``afterword.wrap(client, memory=True)`` and the proxy call.
 - ``credit``: judgments of responses raise or lower the usefulness of the memories that shaped them.
 - ``control``: list, show, edit, pin, delete, forget.
@@ -19,6 +20,7 @@ from afterword.memory.control import (
     set_active,
 )
 from afterword.memory.credit import apply_credit
+from afterword.memory.episodic import RecalledTurn, recall
 from afterword.memory.index import rebuild_index
 from afterword.memory.inject import InjectedItem, Injection, MemoryInjector
 from afterword.memory.lessons import build_lessons
@@ -34,6 +36,8 @@ __all__ = [
     "InjectedItem",
     "ScoredMemory",
     "retrieve",
+    "recall",
+    "RecalledTurn",
     "add_memories",
     "get_memory",
     "list_memories",

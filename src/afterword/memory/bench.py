@@ -1,14 +1,17 @@
 """LoCoMo evidence retrieval: does memory find the turns that answer a question?
 
-For each LoCoMo sample (one user's multi-session conversation), every turn
-is indexed in a :class:`~afterword.memory.turns.TurnIndex` of that user only,
-then each question is asked and the top turns are compared with the
-question's evidence ``dia_id``\\ s. ``recall@k`` is the share of a question's
-evidence turns found in the top k, averaged over questions (questions
-without evidence are skipped); ``hit@k`` (any evidence turn in the top k) is
-reported beside it. Latency ``p50_ms``/``p95_ms`` is one query end to end: embedding the question
-and scoring the user's turns; ``search_p*_ms`` leaves the embedding out. BM25-only and dense-only run in the same pass
-as baselines.
+The file is imported into a fresh SQLite store (the LoCoMo importer, as
+``afterword import`` runs it: one user per sample, one conversation per
+session), and each question is asked through :func:`afterword.memory.recall`
+as that sample's user, which searches only that user's turns. The top turns
+are compared with the question's evidence ``dia_id``\\ s (kept in each
+message's metadata). ``recall@k`` is the share of a question's evidence turns
+found in the top k, averaged over questions (questions without evidence are
+skipped); ``hit@k`` (any evidence turn in the top k) is reported beside it.
+Latency ``p50_ms``/``p95_ms`` is one ``recall()`` call end to end: the store's
+freshness check, embedding the question and scoring the user's turns;
+``search_p*_ms`` is the scoring alone. BM25-only and dense-only run in the
+same pass as baselines.
 
 :func:`fit_turn_weights` fits the hybrid's weights (:data:`afterword.memory.turns.WEIGHTS`) on a set of
 samples; :func:`run_locomo_heldout` shows whether they generalise: each sample scored with weights fitted on the
@@ -18,16 +21,21 @@ samples; :func:`run_locomo_heldout` shows whether they generalise: each sample s
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from afterword.importers.locomo import load_qa, parse
-from afterword.memory.turns import FEATURES, Turn, TurnIndex
+from afterword.memory.episodic import drop, recall, user_turn_index
+from afterword.memory.turns import FEATURES, TurnIndex
+from afterword.store.store import Store
 
 __all__ = ["run_locomo_bench", "run_locomo_heldout", "fit_turn_weights", "normalise_evidence", "CATEGORIES"]
 
@@ -51,47 +59,63 @@ def _pct(xs: list[float], p: float) -> float:
     return round(float(np.percentile(xs, p)), 2) if xs else 0.0
 
 
+@dataclass
+class _Loaded:
+    store: Store
+    users: list[str]
+    indexes: dict[str, TurnIndex]
+    dia_ids: dict[str, list[str]]  # per user: each indexed turn's LoCoMo dia_id
+    questions: list[dict[str, Any]]
+    index_s: float
+
+
+@contextmanager
 def _load(
     path: str | Path, limit_samples: int | None = None, progress: Callable[[float], None] | None = None
-) -> tuple[list[str], dict[str, TurnIndex], list[dict[str, Any]], float]:
-    """Each sample's TurnIndex (turns carry their message time) and the questions that have evidence."""
+) -> Iterator[_Loaded]:
+    """Import the file into a fresh SQLite store and build each sample's turn index the way recall does."""
     convs = [c for c in parse(path) if not isinstance(c, Exception)]
-    by_user: dict[str, list[Turn]] = defaultdict(list)
-    for c in convs:
-        for m in c.messages:
-            by_user[str(c.user_id)].append(
-                Turn(
-                    str(m.metadata.get("dia_id")),
-                    str(c.external_id),
-                    str(m.metadata.get("speaker")),
-                    m.content,
-                    m.created_utc,
-                )
-            )
-    users = list(by_user)[:limit_samples] if limit_samples else list(by_user)
+    users = list(dict.fromkeys(str(c.user_id) for c in convs))
+    users = users[:limit_samples] if limit_samples else users
+    with tempfile.TemporaryDirectory(prefix="afterword-locomo-") as tmp:
+        store = Store(f"sqlite:///{Path(tmp) / 'locomo.db'}")
+        try:
+            store.import_conversations([c for c in convs if str(c.user_id) in users], default_source="import:locomo")
+            t0 = time.perf_counter()
+            indexes, dia_ids = {}, {}
+            for u in users:
+                indexes[u], rows = user_turn_index(store, u)
+                dia_ids[u] = [str((r.metadata_json or {}).get("dia_id")) for r in rows]
+                if progress:
+                    progress(0)
+            index_s = time.perf_counter() - t0
+            qa = load_qa(path)
+            questions = [q for q in qa if q["sample_id"] in indexes and normalise_evidence(q.get("evidence", []))]
+            yield _Loaded(store, users, indexes, dia_ids, questions, index_s)
+        finally:
+            drop(store)
+            store.close()
+
+
+def _search_ms(idx: TurnIndex, question: str, mode: str) -> float:
+    """The search alone, the question's embedding left out (computed first, untimed)."""
+    qv = idx.query_vector(question) if mode != "bm25" else None
     t0 = time.perf_counter()
-    indexes = {}
-    for u in users:
-        indexes[u] = TurnIndex(by_user[u])
-        if progress:
-            progress(0)
-    index_s = time.perf_counter() - t0
-    qa = load_qa(path)
-    questions = [q for q in qa if q["sample_id"] in indexes and normalise_evidence(q.get("evidence", []))]
-    return users, indexes, questions, index_s
+    idx.search(question, k=max(_KS), mode=mode, qvec=qv)
+    return (time.perf_counter() - t0) * 1000
 
 
 _Row = tuple[str, int, np.ndarray, np.ndarray]  # sample, category, features (turns × FEATURES), evidence mask
 
 
-def _feature_rows(indexes: dict[str, TurnIndex], questions: list[dict[str, Any]]) -> list[_Row]:
+def _feature_rows(data: _Loaded) -> list[_Row]:
     rows = []
-    for q in questions:
-        idx = indexes[q["sample_id"]]
+    for q in data.questions:
+        u = q["sample_id"]
         ev = set(normalise_evidence(q["evidence"]))
-        y = np.array([t.id in ev for t in idx.turns], dtype=np.float64)
+        y = np.array([d in ev for d in data.dia_ids[u]], dtype=np.float64)
         if y.any():
-            rows.append((q["sample_id"], int(q.get("category", 0)), idx.features(q["question"]), y))
+            rows.append((u, int(q.get("category", 0)), data.indexes[u].features(q["question"]), y))
     return rows
 
 
@@ -127,8 +151,9 @@ def run_locomo_heldout(path: str | Path, *, limit_samples: int | None = None) ->
     """Do the hybrid weights generalise? Leave-one-sample-out and two-halves recall, beside the shipped weights."""
     from afterword.memory.turns import WEIGHTS
 
-    users, indexes, questions, _ = _load(path, limit_samples)
-    rows = _feature_rows(indexes, questions)
+    with _load(path, limit_samples) as data:
+        rows = _feature_rows(data)
+    users = data.users
     by_user = {u: [r for r in rows if r[0] == u] for u in users}
     loso_rows: list[tuple[list[_Row], dict[str, float]]] = []
     per_sample = {}
@@ -178,30 +203,28 @@ def run_locomo_bench(
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Recall@1/5/10 of evidence turns, overall and per category, with p50/p95 latency per mode."""
-    users, indexes, questions, index_s = _load(path, limit_samples, progress)
     rec: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
     hit: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
     cat: dict[str, dict[int, dict[int, list[float]]]] = {md: defaultdict(lambda: {k: [] for k in _KS}) for md in modes}
     lat: dict[str, list[float]] = {md: [] for md in modes}
     search_lat: dict[str, list[float]] = {md: [] for md in modes}
-    for q in questions:
-        ev = set(normalise_evidence(q["evidence"]))
-        idx = indexes[q["sample_id"]]
-        for md in modes:
-            t1 = time.perf_counter()
-            qv = idx.query_vector(q["question"]) if md != "bm25" else None
-            t2 = time.perf_counter()
-            got = [t.id for t, _ in idx.search(q["question"], k=max(_KS), mode=md, qvec=qv)]
-            t3 = time.perf_counter()
-            lat[md].append((t3 - t1) * 1000)
-            search_lat[md].append((t3 - t2) * 1000)
-            for k in _KS:
-                found = len(ev & set(got[:k]))
-                rec[md][k].append(found / len(ev))
-                hit[md][k].append(float(found > 0))
-                cat[md][int(q.get("category", 0))][k].append(found / len(ev))
-        if progress:
-            progress(1)
+    with _load(path, limit_samples, progress) as data:
+        for q in data.questions:
+            ev = set(normalise_evidence(q["evidence"]))
+            for md in modes:
+                t1 = time.perf_counter()
+                hits = recall(data.store, q["question"], user_id=q["sample_id"], k=max(_KS), mode=md)  # type: ignore[arg-type]
+                lat[md].append((time.perf_counter() - t1) * 1000)
+                search_lat[md].append(_search_ms(data.indexes[q["sample_id"]], q["question"], md))
+                got = [str(h.metadata.get("dia_id")) for h in hits]
+                for k in _KS:
+                    found = len(ev & set(got[:k]))
+                    rec[md][k].append(found / len(ev))
+                    hit[md][k].append(float(found > 0))
+                    cat[md][int(q.get("category", 0))][k].append(found / len(ev))
+            if progress:
+                progress(1)
+    users, indexes, questions, index_s = data.users, data.indexes, data.questions, data.index_s
 
     def summary(md: str) -> dict[str, Any]:
         return {

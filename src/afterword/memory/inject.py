@@ -14,6 +14,12 @@ spaces, so no memory can close the fence, open a new one, or start a line of
 its own that reads as part of the prompt. The block says in words that its
 contents are notes, not instructions.
 
+With ``MemoryConfig.recall_turns`` set, turns of the user's own earlier
+conversations that match the request (:func:`afterword.memory.recall`) go
+into the same block, dated and attributed ("On 2023-05-08, the user said:
+…"), within the same budget; they are reported as items of kind ``turn``
+(their id is the message's) and, being messages, get no usefulness credit.
+
 Every injection reports what went in, each item's score and token cost, and
 the total; :meth:`MemoryInjector.record_injection` logs it against the
 response it shaped, which is what credit assignment later reads.
@@ -25,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from afterword.memory.episodic import recall
 from afterword.memory.memory_config import MemoryConfig
 from afterword.memory.retrieval import count_tokens, retrieve
 from afterword.records import utcnow
@@ -136,6 +143,8 @@ class MemoryInjector:
                 continue
             used += cost
             items.append(InjectedItem(s.memory.id or "", s.memory.kind, s.memory.text, s.score, s.relevance, cost))
+        if cfg.recall_turns and user_id:
+            used = self._add_recalled(items, used, query, user_id, out)
         if not items:
             return Injection(out, query=query, latency_ms=(time.perf_counter() - t0) * 1000)
         # Preferences and facts first, then lessons from the least to the most relevant: the lesson that
@@ -149,9 +158,31 @@ class MemoryInjector:
             out.insert(0, {"role": "system", "content": block})
         return Injection(out, items, used, query, (time.perf_counter() - t0) * 1000)
 
+    def _add_recalled(
+        self, items: list[InjectedItem], used: int, query: str, user_id: str, messages: list[dict[str, Any]]
+    ) -> int:
+        """Earlier turns of this user's own conversations (``MemoryConfig.recall_turns``), within the budget."""
+        cfg = self.config
+        present = {_text(m.get("content")).strip() for m in messages}
+        for turn in recall(self.store, query, user_id=user_id, k=cfg.recall_turns * 3):
+            if len([i for i in items if i.kind == "turn"]) >= cfg.recall_turns or len(items) >= cfg.max_items:
+                break
+            if turn.cosine < cfg.recall_min_cosine or turn.text.strip() in present:
+                continue
+            who = {"user": "the user", "assistant": "you (the assistant)"}.get(turn.speaker, turn.speaker)
+            when = f"On {turn.created_utc:%Y-%m-%d}, " if turn.created_utc else "Earlier, "
+            text = f"{when}{who} said: {turn.text}"
+            cost = count_tokens(escape_memory_text(text)) + 1
+            if used + cost > cfg.token_budget:
+                continue
+            used += cost
+            items.append(InjectedItem(turn.message_id, "turn", text, turn.score, turn.cosine, cost))
+        return used
+
     def record_injection(self, injection: Injection, message_id: str | None, user_id: str | None) -> None:
         """Log each injected memory against the response it shaped, and count the use."""
-        if not injection.items:
+        memories = [i for i in injection.items if i.kind != "turn"]  # recalled turns are messages, not memories
+        if not memories:
             return
         now = utcnow()
         rows = [
@@ -164,9 +195,9 @@ class MemoryInjector:
                 "credited": False,
                 "created_utc": now,
             }
-            for i in injection.items
+            for i in memories
         ]
         m = t.memories
         with self.store.write() as conn:
             conn.execute(t.memory_injections.insert(), rows)
-            conn.execute(m.update().where(m.c.id.in_([i.memory_id for i in injection.items])).values(uses=m.c.uses + 1))
+            conn.execute(m.update().where(m.c.id.in_([i.memory_id for i in memories])).values(uses=m.c.uses + 1))

@@ -2,7 +2,8 @@
 
 Lessons and preferences are distilled memories; sometimes the evidence is
 just something said in a past session ("when did Caroline go to the support
-group?"). :class:`TurnIndex` indexes one user's turns for that, in process.
+group?"). :class:`TurnIndex` indexes one user's turns for that, in process;
+:func:`afterword.memory.recall` builds it from the store and keeps it fresh.
 
 Each turn is embedded once, as its text alone: the speaker's name is left out
 of the vector because every question names someone, and a name in both the

@@ -332,20 +332,20 @@ class ProxyState:
             self.keys.store = store
             self.logger.store = store
             if self.config.memory:
-                self.injector = self._injector_override or self._make_injector(store)
+                self.injector = self._injector_override or self._make_injector(store, self.config.memory_config)
                 self._warm_up(self.injector)
         self.replay()
         return True
 
     @staticmethod
-    def _make_injector(store: Store) -> Any:
+    def _make_injector(store: Store, config: Any) -> Any:
         try:
             from afterword.memory import MemoryInjector  # late: memory pulls in the embedder
         except Exception as exc:  # memory is optional: the proxy still logs
             log.warning("afterword: memory injection disabled (%s)", exc)
             return None
         try:
-            return MemoryInjector(store)
+            return MemoryInjector(store, config)
         except Exception as exc:
             log.warning("afterword: memory injection disabled (%s)", exc)
             return None

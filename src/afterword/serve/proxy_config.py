@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from afterword.memory.memory_config import MemoryConfig
+
 __all__ = ["ProxyConfig", "is_loopback", "CONFIG_ENV"]
 
 #: How ``afterword serve --workers N`` hands the settings to each worker process.
@@ -39,6 +41,9 @@ class ProxyConfig(BaseModel):
     )
     require_key: bool = Field(True, description="Require an afterword API key (Authorization: Bearer aw-...).")
     memory: bool = Field(True, description="Inject the user's memories into the request before forwarding.")
+    memory_config: MemoryConfig = Field(
+        default_factory=MemoryConfig, description="The memory layer's settings for injection (budget, gates, recall)."
+    )
     memory_timeout_s: float = Field(
         1.0, gt=0, description="Injection that takes longer is abandoned; the request goes on without memory."
     )

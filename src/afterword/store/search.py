@@ -162,4 +162,7 @@ def forget_user(store: Store, user_id: str) -> dict[str, Any]:
             last = conn.execute(sa.select(t.job_state.c.value).where(t.job_state.c.name == _FTS_STATE)).scalar()
             if last is not None and int(last) > top:
                 store.set_state(_FTS_STATE, str(top), conn)
+    from afterword.memory.episodic import drop  # the turns this process holds in memory for recall
+
+    drop(store, user_id)
     return {"user_id": user_id, "removed": removed, "memory_ids": mem_ids, "stale_exports": stale}
