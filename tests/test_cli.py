@@ -167,3 +167,79 @@ def test_afterword_run_end_to_end(tmp_path: Path) -> None:
     summary = last_json(proc.stdout)
     assert summary["stages"]["import"]["imported_messages"] == 259
     assert (tmp_path / "afterword.db").exists()
+
+
+def test_stored_text_is_printed_literally_not_as_markup(db: Path, tmp_path: Path) -> None:
+    """Brackets in user text are data: `x[/i]` once crashed rich's markup parser, `[df, y]` vanished."""
+    f = tmp_path / "brackets.jsonl"
+    turns = [
+        {"role": "user", "content": "pandas: index x[/i] then concat [df, y]"},
+        {"role": "assistant", "content": "use [b]x[i][/b]"},
+    ]
+    f.write_text(json.dumps({"user": "mk", "session": "s1", "messages": turns}) + "\n", encoding="utf-8")
+    cli(db, "import", f)
+    shown = cli(db, "show", "s1")
+    assert "x[/i]" in shown and "[df, y]" in shown and "[b]x[i][/b]" in shown
+    assert "x[/i]" in cli(db, "search", "pandas")
+    recalled = cli(db, "memory", "recall", "pandas concat", "--user", "mk")
+    assert "x[/i]" in recalled and "[df, y]" in recalled
+
+
+def test_usage_errors_are_json_with_json(db: Path, capsys) -> None:
+    """Bad options and values (click's own errors) also print one JSON line when --json is given."""
+    from afterword.cli import main
+
+    for args, needle in [
+        (["feedback", "m1", "--rating", "9"], "--rating"),
+        (["judge", "--since", "not-a-date"], "--since"),
+        (["keys", "create", "--no-such-option"], "--no-such-option"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["--db", str(db), *args, "--json"])
+        assert exc.value.code == 2
+        err = last_json(capsys.readouterr().out)
+        assert needle in err["error"] and err["usage"] is True
+
+
+def test_path_errors_missing_models_and_unknown_users_are_clean(loaded: Path, tmp_path: Path) -> None:
+    out = tmp_path / "no-such-dir" / "x.jsonl"
+    err = last_json(cli(loaded, "export", "--out", out, "--no-redact", "--json", code=1))
+    assert err["path"] == str(out) and "No such file" in err["error"]
+    err = last_json(cli(loaded, "score", "--model", tmp_path / "no-model", "--json", code=1))
+    assert "train one first" in err["error"]
+    err = last_json(cli(loaded, "db", "copy", tmp_path / "typo.db", tmp_path / "copy.db", "--json", code=1))
+    assert "must exist" in err["error"] and not (tmp_path / "typo.db").exists()
+    assert last_json(cli(loaded, "forget", "--user", "nobody", "--yes", "--json"))["found"] is False
+    assert last_json(cli(loaded, "forget", "--user", "tom", "--yes", "--json"))["found"] is True
+
+
+def test_a_message_needs_content_unless_it_called_a_tool(db: Path, tmp_path: Path) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    lines = [
+        {"user": "a", "messages": [{"role": "user"}]},
+        {"user": "a", "messages": [{"role": "user", "content": None}]},
+        {"user": "a", "messages": [{"role": "user", "content": "rain?"}, {"role": "assistant", "tool_calls": [call]}]},
+    ]
+    f = tmp_path / "content.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    res = last_json(cli(db, "import", f, "--json"))
+    assert res["imported_conversations"] == 1
+    assert [(e["line"], e["field"], e["error"]) for e in res["errors"]] == [
+        (1, "messages[0].content", "missing"),
+        (2, "messages[0].content", "null"),
+    ]
+
+
+def test_run_names_each_bad_record(db: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("afterword.pipeline.STAGES", [])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(BAD) + "\n", encoding="utf-8")
+    text = cli(db, "run", bad, "--out-dir", tmp_path / "out")
+    assert f"{bad}:2" in text and "messages[0].role" in text
+
+
+def test_a_dataset_rebuilt_in_the_same_folder_replaces_its_record(loaded: Path, tmp_path: Path) -> None:
+    for _ in range(2):  # the second build overwrites the first's files, so its record goes too
+        cli(loaded, "dataset", "build", "--kind", "sft", "--out", tmp_path / "sft", "--no-redact")
+    rows = last_json(cli(loaded, "dataset", "list", "--json"))
+    assert [r["path"] for r in rows] == [str((tmp_path / "sft").resolve())]

@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from afterword.records import Feedback, stable_id, utcnow
 from afterword.redact import Redactor
 from afterword.store import schema as t
@@ -35,9 +37,20 @@ def record_export(
     card: dict[str, Any],
     items: list[tuple[str, str | None, str | None]],
 ) -> str:
-    """Write the lineage manifest: one row per (message id, user id, split)."""
+    """Write the lineage manifest: one row per (message id, user id, split).
+
+    The path is recorded absolute. An earlier export recorded at the same path
+    is replaced in the same transaction: its file has just been overwritten, so
+    its manifest no longer describes anything on disk (a model trained from it
+    keeps its own copy of the lineage).
+    """
+    path = str(Path(path).resolve())
     export_id = stable_id("export", kind, fmt, path, utcnow().isoformat(), n=16)
     with store.write() as conn:
+        old = [r[0] for r in conn.execute(sa.select(t.exports.c.id).where(t.exports.c.path == path))]
+        if old:
+            conn.execute(t.export_items.delete().where(t.export_items.c.export_id.in_(old)))
+            conn.execute(t.exports.delete().where(t.exports.c.id.in_(old)))
         conn.execute(
             t.exports.insert().values(
                 id=export_id,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import sys
 
 import typer
 
@@ -52,5 +54,21 @@ for _mod in GROUPS:
         importlib.import_module(_mod).register(app)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. With ``--json`` anywhere, even a usage error (a bad option or value) prints one JSON line."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--json" not in args:
+        app(args=args, prog_name="afterword")
+        return
+    try:
+        code = app(args=args, prog_name="afterword", standalone_mode=False)
+    except typer.Abort:
+        sys.stdout.write(json.dumps({"error": "aborted"}) + "\n")
+        sys.exit(1)
+    except Exception as exc:
+        # click's exceptions (typer vendors its own copy of click, so match by shape, not by class)
+        if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
+            raise
+        sys.stdout.write(json.dumps({"error": exc.format_message(), "usage": exc.exit_code == 2}) + "\n")
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,8 +11,11 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import typer
+from rich import table as rich_table
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from afterword.errors import AfterwordError
 from afterword.store.engine import resolve_url
@@ -26,6 +29,8 @@ __all__ = [
     "progress_bar",
     "parse_date",
     "console",
+    "esc",
+    "Table",
     "JsonOpt",
     "guard",
     "ray_only",
@@ -35,6 +40,17 @@ __all__ = [
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+
+
+class Table(rich_table.Table):
+    """A rich table whose string cells and title are literal: stored text such as ``arr[/i]`` is data, not markup."""
+
+    def __init__(self, *headers: Any, title: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*headers, title=esc(title) if isinstance(title, str) else title, **kwargs)
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(Text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document (the last line of output).")
 
@@ -68,7 +84,7 @@ def fail(message: str, as_json: bool = False, code: int = 1, **extra: Any) -> No
     if as_json:
         sys.stdout.write(json.dumps({"error": message, **extra}, default=str) + "\n")
     else:
-        err_console.print(f"[bold red]error:[/] {message}")
+        err_console.print(f"[bold red]error:[/] {esc(message)}")
     raise typer.Exit(code)
 
 
@@ -79,6 +95,9 @@ def guard(as_json: bool = False) -> Iterator[None]:
         yield
     except AfterwordError as exc:
         fail(str(exc), as_json, **({"record": exc.to_dict()} if hasattr(exc, "to_dict") else {}))
+    except OSError as exc:  # a path the user gave: missing folder, no permission, disk full
+        path = str(exc.filename).removesuffix(".partial") if exc.filename else None
+        fail(f"{exc.strerror or exc}: {path}" if path else str(exc), as_json, path=path)
 
 
 @contextmanager

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, guard
+from afterword.cli._common import JsonOpt, Table, console, guard
 
 bench_app = typer.Typer(help="Benchmarks with their baselines, side by side.", no_args_is_help=True)
 

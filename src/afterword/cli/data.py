@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from afterword.capture.wrap import feedback as record_feedback
 from afterword.cli._common import (
     ADDRESS_HELP,
     WORKERS_HELP,
     JsonOpt,
+    Table,
     console,
     emit,
+    err_console,
+    esc,
     fail,
     guard,
     open_store,
@@ -93,16 +95,20 @@ def import_cmd(
         return
     for r in results:
         console.print(
-            f"[bold]{r['file']}[/] ({r['format']}): imported {r['imported_conversations']} conversations / "
+            f"[bold]{esc(r['file'])}[/] ({r['format']}): imported {r['imported_conversations']} conversations / "
             f"{r['imported_messages']} messages / {r['imported_feedback']} feedback; "
             f"already present {r['present_conversations']} conversations; skipped {r['skipped']} bad records"
         )
         _print_errors(r["errors"])
+        if not (r["imported_conversations"] or r["present_conversations"] or r["skipped"]):
+            err_console.print(f"[bold yellow]warning:[/] {esc(r['file'])} holds no records")
 
 
 def _print_errors(errors: list[dict[str, Any]]) -> None:
     for e in errors[:50]:
-        console.print(f"  [red]{e['file']}:{e['line']}[/] field {e['field'] or '-'}: {e['error']}")
+        console.print(
+            f"  [red]{esc(str(e['file']))}:{e['line']}[/] field {esc(str(e['field'] or '-'))}: {esc(str(e['error']))}"
+        )
     if len(errors) > 50:
         console.print(f"  … and {len(errors) - 50} more")
 
@@ -218,10 +224,10 @@ def show_cmd(
         jd.setdefault(j.message_id, []).append(j)
     for m in conv.messages:
         color = {"user": "cyan", "assistant": "green", "system": "magenta"}.get(m.role, "white")
-        console.print(f"[{color}]{m.role:>9}[/] [dim]{m.id}[/] {m.content}")
+        console.print(f"[{color}]{m.role:>9}[/] [dim]{m.id}[/] {esc(m.content)}")
         for f in fb.get(m.id, []):
             bits = [f"{k}={getattr(f, k)!r}" for k in ("thumbs", "rating", "comment", "correction") if getattr(f, k)]
-            console.print(f"           [yellow]feedback[/] {f.kind}: {' '.join(bits)}")
+            console.print(f"           [yellow]feedback[/] {f.kind}: {esc(' '.join(bits))}")
         for j in jd.get(m.id, []):
             ev = "; ".join(e.signal for e in j.evidence)
             console.print(
@@ -340,14 +346,19 @@ def forget_cmd(
 
     with guard(as_json):
         res = forget_user_memories(open_store(), user)
-    emit(
-        res,
-        as_json,
-        lambda d: console.print(
-            f"forgot user {user}: removed {sum(d['removed'].values())} rows; "
+    # Forgetting is idempotent (a retried erasure request must not fail), but a mistyped id should not look
+    # like success: say when nothing was found.
+    res["found"] = any(res["removed"].values()) or bool(res.get("memory_ids"))
+
+    def render(d: dict[str, Any]) -> None:
+        if not d["found"]:
+            err_console.print(f"[bold yellow]warning:[/] no data of user {esc(user)!r} in this store (check the id)")
+        console.print(
+            f"forgot user {esc(user)}: removed {sum(d['removed'].values())} rows; "
             f"stale exports: {d['stale_exports'] or 'none'}"
-        ),
-    )
+        )
+
+    emit(res, as_json, render)
 
 
 def run_cmd(
@@ -364,10 +375,11 @@ def run_cmd(
             brief = {k: v for k, v in res.items() if k != "errors" and not isinstance(v, list | dict)}
             # Nested results that count rows (the datasets stage: one per kind) show their count.
             brief.update({f"{k}_rows": v["rows"] for k, v in res.items() if isinstance(v, dict) and "rows" in v})
-            console.print(f"[bold green]✓ {name}[/] " + ", ".join(f"{k}={v}" for k, v in brief.items()))
+            console.print(f"[bold green]✓ {name}[/] " + esc(", ".join(f"{k}={v}" for k, v in brief.items())))
+            _print_errors(res.get("errors") or [])  # bad records: file, line and field, as `import` shows them
 
     if not as_json:
-        console.print(f"[bold]afterword run[/] on {file or sample_path()} → {store}")
+        console.print(f"[bold]afterword run[/] on {esc(str(file or sample_path()))} → {esc(str(store))}")
     with guard(as_json):
         summary = run_pipeline(store, file, fmt=fmt, out_dir=out_dir, on_stage=on_stage)
     if as_json:

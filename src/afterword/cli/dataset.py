@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.text import Text
 
-from afterword.cli._common import JsonOpt, console, emit, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import JsonOpt, Table, console, emit, guard, open_store, parse_date, progress_bar
 
 __all__ = ["register", "command_line"]
 
@@ -110,11 +111,10 @@ def list_(
         rows = list_exports(open_store(), kind or None)
 
     def render(rs: list[dict[str, Any]]) -> None:
-        from rich.table import Table
 
         tab = Table("export id", "kind", "format", "rows", "stale", "created", "path")
         for r in rs:
-            stale = f"[red]STALE[/] {r['stale_reason']}" if r["stale"] else ""
+            stale = Text("STALE ", style="red") + Text(str(r["stale_reason"])) if r["stale"] else ""
             tab.add_row(
                 r["export_id"],
                 r["kind"],

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, progress_bar, state
+from afterword.cli._common import JsonOpt, Table, console, emit, fail, guard, progress_bar, state
 
 db_app = typer.Typer(help="Database administration: migrate, copy between engines, verify.", no_args_is_help=True)
 
@@ -57,10 +57,16 @@ def copy_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Copy every table from SRC to DST (streaming, idempotent: re-run to resume), then verify."""
+    from sqlalchemy.engine import make_url
+
     from afterword.store.copy import copy_store, table_counts
+    from afterword.store.engine import resolve_url
     from afterword.store.store import Store
 
     with guard(as_json):
+        src_url = make_url(resolve_url(src))
+        if src_url.get_backend_name() == "sqlite" and not Path(src_url.database or "").is_file():
+            fail(f"no store at {src_url.database or src}: the source of a copy must exist", as_json)
         s, d = Store(src), Store(dst)
         if s.url == d.url:
             fail("source and target are the same store", as_json)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, guard, open_store, progress_bar
+from afterword.cli._common import JsonOpt, Table, console, emit, esc, guard, open_store, progress_bar
 
 suite_app = typer.Typer(help="Frozen regression suites.", no_args_is_help=True)
 eval_app = typer.Typer(help="Run a model version on a suite; compare two runs.", no_args_is_help=True)
@@ -297,14 +297,20 @@ def ui_cmd(
     host: str = typer.Option("127.0.0.1", help="Listen address; off loopback, sign-in with a 'ui' key is required."),
     port: int = typer.Option(8765, help="Port."),
     reviewer: str = typer.Option("local", help="Reviewer name recorded on loopback (no sign-in)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print where it serves as one JSON line (before serving, as `serve --json` does)."
+    ),
 ) -> None:
     """Serve the review queue and dashboard."""
     from afterword.ui.app import serve_ui
     from afterword.ui.auth import is_loopback
 
-    auth = "" if is_loopback(host) else " (sign-in required: create a key with `afterword keys create NAME --scope ui`)"
-    console.print(f"afterword review UI on http://{host}:{port}{auth}")
-    serve_ui(open_store(), host, port, reviewer=reviewer)
+    store = open_store()
+    info = {"url": f"http://{host}:{port}", "store": str(store), "sign_in": not is_loopback(host), "reviewer": reviewer}
+    hint = " (sign-in required: create a key with `afterword keys create NAME --scope ui`)" if info["sign_in"] else ""
+    emit(info, as_json, lambda d: console.print(f"afterword review UI on {d['url']}{hint}"))
+    sys.stdout.flush()
+    serve_ui(store, host, port, reviewer=reviewer)
 
 
 @tandem_app.command("add")
@@ -408,8 +414,8 @@ def tandem_coaching(human: str = typer.Option(None, help="Only this human."), as
     def render(d: list[dict[str, Any]]) -> None:
         for c in d:
             console.print(
-                f"[bold]{c['human_id']}[/] · {c['prompt']}\n  you: {c['your_answer']}\n  better: "
-                f"{c['better_answer']}\n  ({c['note']})"
+                f"[bold]{esc(c['human_id'])}[/] · {esc(c['prompt'])}\n  you: {esc(c['your_answer'])}\n  better: "
+                f"{esc(c['better_answer'])}\n  ({esc(c['note'])})"
             )
 
     emit(items, as_json, render)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from afterword.cli._common import (
     ADDRESS_HELP,
     WORKERS_HELP,
     JsonOpt,
+    Table,
     console,
     emit,
     err_console,
+    esc,
     fail,
     guard,
     open_store,
@@ -115,7 +117,7 @@ def explain_cmd(message_id: str = typer.Argument(...), as_json: bool = JsonOpt) 
         data = explain(open_store(), message_id)
 
     def render(d: dict[str, Any]) -> None:
-        console.print(f"[bold]{d['role']}[/] {d['message_id']}: {d['content'][:300]}")
+        console.print(f"[bold]{d['role']}[/] {d['message_id']}: {esc(d['content'][:300])}")
         if not d["judgments"]:
             console.print("[yellow]not judged yet: run `afterword judge`[/]")
         for j in d["judgments"]:
@@ -131,7 +133,7 @@ def explain_cmd(message_id: str = typer.Argument(...), as_json: bool = JsonOpt) 
                     e["signal"],
                     f"{e['weight']:+.2f}",
                     f"{e['role']} {e['message_id']}",
-                    f"{e['text'][:120]}\n[dim]{e['detail'] or ''}[/]",
+                    Text(e["text"][:120]) + Text("\n" + (e["detail"] or ""), style="dim"),
                 )
             console.print(tab)
 

@@ -6,9 +6,8 @@ import sys
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, progress_bar
+from afterword.cli._common import JsonOpt, Table, console, emit, esc, fail, guard, open_store, progress_bar
 from afterword.memory import (
     MemoryConfig,
     MemoryInjector,
@@ -108,7 +107,7 @@ def edit_cmd(
         fail("nothing to change: give --text, --situation, --wrong, --right or --scope", as_json)
     with guard(as_json):
         mem = edit_memory(open_store(), memory_id, **changes)
-    emit(mem.model_dump(mode="json"), as_json, lambda d: console.print(f"edited {d['id']}: {d['text']}"))
+    emit(mem.model_dump(mode="json"), as_json, lambda d: console.print(f"edited {d['id']}: {esc(d['text'])}"))
 
 
 @group.command("pin")
@@ -202,7 +201,11 @@ def inject_cmd(
             [{"role": "user", "content": message}], user_id=user
         )
     data = {**inj.as_dict(), "messages": inj.messages}
-    emit(data, as_json, lambda d: console.print(d["messages"][0]["content"] if d["items"] else "nothing to inject"))
+    emit(
+        data,
+        as_json,
+        lambda d: console.print(d["messages"][0]["content"] if d["items"] else "nothing to inject", markup=False),
+    )
 
 
 @group.command("forget")

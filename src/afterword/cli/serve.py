@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, state
+from afterword.cli._common import JsonOpt, Table, console, emit, fail, guard, open_store, state
 from afterword.memory.memory_config import MemoryConfig
 from afterword.serve import ProxyConfig, create_key, is_loopback, list_keys, revoke_key, run
 from afterword.serve.keys import SCOPES, get_key, key_id

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, progress_bar
+from afterword.cli._common import JsonOpt, Table, console, emit, fail, guard, open_store, progress_bar
 
 synth_app = typer.Typer(help="Synthetic expansion of trusted seeds, verified before it is kept.", no_args_is_help=True)
 artifacts_app = typer.Typer(
@@ -201,7 +200,7 @@ def replay_cmd(
                 str(i["conclusion"]["agree"]),
             )
         console.print(tab)
-        console.print(d["overall"])
+        console.print(d["overall"], markup=False)
 
     emit(data, as_json, render)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from afterword.cli._common import JsonOpt, console, emit, fail, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import JsonOpt, Table, console, emit, fail, guard, open_store, parse_date, progress_bar
 from afterword.cli.dataset import command_line
 
 __all__ = ["register"]
@@ -62,7 +62,6 @@ def reward(
             )
 
     def render(d: dict[str, Any]) -> None:
-        from rich.table import Table
 
         tab = Table("held-out pairs", "n", "model", "length baseline", "random baseline")
         for name, m in d["metrics"].items():
@@ -175,7 +174,6 @@ def score(
             )
 
     def render(d: dict[str, Any]) -> None:
-        from rich.table import Table
 
         tab = Table("score", "message", "user", "response")
         for r in d["rows"][:top]:

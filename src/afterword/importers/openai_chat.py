@@ -65,7 +65,10 @@ def _message(m: Any, i: int, default_time: Any, default_model: str | None = None
     content = m.get("content")
     if type(content) is not str:
         if content is None:
-            content = ""
+            # Only an assistant turn that called a tool (or refused) may come without text, as in OpenAI's API.
+            if _ROLE_MAP[role] != "assistant" or not any(m.get(k) for k in ("tool_calls", "function_call", "refusal")):
+                raise RecordError(f"messages[{i}].content", "missing" if "content" not in m else "null")
+            content = m["refusal"] if isinstance(m.get("refusal"), str) else ""
         elif isinstance(content, list):
             content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
         else:

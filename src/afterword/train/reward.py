@@ -37,7 +37,7 @@ import numpy as np
 from afterword.datasets.collect import collect_turns, make_examples
 from afterword.datasets.formats import Example
 from afterword.datasets.splits import assign_pair_splits, check_no_leak
-from afterword.errors import ExportError
+from afterword.errors import ConfigError, ExportError
 from afterword.export import record_export
 from afterword.records import utcnow
 from afterword.store.store import Store
@@ -245,7 +245,9 @@ class RewardModel:
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
         p = Path(path)
-        folder = p if p.is_dir() else p.parent
+        folder = p.parent if p.is_file() or p.name.startswith("reward_model.") else p  # the folder, or a file in it
+        if not (folder / "reward_model.npz").is_file():
+            raise ConfigError(f"no reward model in {folder}: train one first (`afterword train reward --out {folder}`)")
         with np.load(folder / "reward_model.npz") as z:
             params = {k: z[k] for k in z.files}
         meta = json.loads((folder / "reward_model.json").read_text())
