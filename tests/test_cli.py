@@ -243,3 +243,31 @@ def test_a_dataset_rebuilt_in_the_same_folder_replaces_its_record(loaded: Path, 
         cli(loaded, "dataset", "build", "--kind", "sft", "--out", tmp_path / "sft", "--no-redact")
     rows = last_json(cli(loaded, "dataset", "list", "--json"))
     assert [r["path"] for r in rows] == [str((tmp_path / "sft").resolve())]
+
+
+def test_bad_option_values_are_usage_errors(db: Path, capsys) -> None:
+    from afterword.cli import main
+
+    for args, needle in [
+        (["dataset", "build", "--kind", "sft", "--split", "bogus"], "user, time, none"),
+        (["dataset", "build", "--kind", "sft", "--test-fraction", "1.5"], "--test-fraction"),
+        (["dataset", "build", "--kind", "sft", "--min-confidence", "2"], "--min-confidence"),
+        (["train", "reward", "--head", "bogus"], "logreg, mlp"),
+        (["train", "sft", "--batch-size", "0"], "--batch-size"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["--db", str(db), *args, "--json"])
+        assert exc.value.code == 2
+        assert needle in last_json(capsys.readouterr().out)["error"]
+
+
+def test_an_eval_run_that_measured_nothing_fails_and_report_checks_its_runs(loaded: Path, tmp_path: Path) -> None:
+    cli(loaded, "suite", "create", "fixes", "--from", "corrections", "--limit", "3")
+    dead = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: every call fails
+    out = cli(loaded, "eval", "run", "--suite", "fixes", "--endpoint", dead, "--model", "m", "--json", code=1)
+    err = last_json(out)
+    assert "every item" in err["error"] and err["run"]["summary"]["errors"] == 3
+    err = last_json(cli(loaded, "report", "--out", tmp_path / "r.html", "--a", err["run"]["id"], "--json", code=1))
+    assert "both --a and --b" in err["error"]
+    err = last_json(cli(loaded, "report", "--out", tmp_path / "r.html", "--a", "nope", "--b", "nope", "--json", code=1))
+    assert "not found" in err["error"] and not (tmp_path / "r.html").exists()

@@ -34,6 +34,7 @@ __all__ = [
     "JsonOpt",
     "guard",
     "ray_only",
+    "choice",
     "ADDRESS_HELP",
     "WORKERS_HELP",
 ]
@@ -50,6 +51,17 @@ class Table(rich_table.Table):
 
     def add_row(self, *renderables: Any, **kwargs: Any) -> None:
         super().add_row(*(Text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+
+def choice(*allowed: str) -> Callable[[str | None], str | None]:
+    """An option callback that accepts only ``allowed`` values (a usage error, like any bad option, otherwise)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return check
 
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document (the last line of output).")

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from afterword.cli._common import JsonOpt, Table, console, emit, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import JsonOpt, Table, choice, console, emit, guard, open_store, parse_date, progress_bar
 
 __all__ = ["register", "command_line"]
 
@@ -47,17 +47,23 @@ def build(
     out: str = typer.Option(None, "--out", help="Output folder (default: datasets/<kind>-<format>)."),
     file_format: str = typer.Option("jsonl", "--file-format", help="jsonl | parquet"),
     redact: bool = typer.Option(True, "--redact/--no-redact", help="Redact PII (on by default)."),
-    min_confidence: float = typer.Option(0.6, "--min-confidence", help="Minimum judgment confidence."),
+    min_confidence: float = typer.Option(
+        0.6, "--min-confidence", min=0.0, max=1.0, help="Minimum judgment confidence."
+    ),
     since: str = typer.Option(None, "--since", help="Conversations started at or after (ISO-8601)."),
     until: str = typer.Option(None, "--until", help="Conversations started before (ISO-8601)."),
     users: list[str] = typer.Option(None, "--user", help="Only these users (repeatable)."),
     models: list[str] = typer.Option(None, "--model", help="Only responses of these models (repeatable)."),
     tags: list[str] = typer.Option(None, "--tag", help="Only conversations/messages with these tags (repeatable)."),
-    split: str = typer.Option("user", "--split", help="user | time | none"),
-    test_fraction: float = typer.Option(0.1, "--test-fraction"),
+    split: str = typer.Option("user", "--split", help="user | time | none", callback=choice("user", "time", "none")),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", min=0.0, max=0.9),
     dedupe: bool = typer.Option(True, "--dedupe/--no-dedupe"),
-    near_dup_threshold: float = typer.Option(0.95, "--near-dup-threshold", help="0 turns near-duplicate removal off."),
-    near_dup_method: str = typer.Option("embedding", "--near-dup-method", help="embedding | minhash"),
+    near_dup_threshold: float = typer.Option(
+        0.95, "--near-dup-threshold", min=0.0, max=1.0, help="0 turns near-duplicate removal off."
+    ),
+    near_dup_method: str = typer.Option(
+        "embedding", "--near-dup-method", help="embedding | minhash", callback=choice("embedding", "minhash")
+    ),
     include_synthetic: bool = typer.Option(True, "--synthetic/--no-synthetic"),
     max_synthetic_share: float = typer.Option(None, "--max-synthetic-share", help="Cap on synthetic rows (0..1)."),
     as_json: bool = JsonOpt,

@@ -8,7 +8,18 @@ from typing import Any
 
 import typer
 
-from afterword.cli._common import JsonOpt, Table, console, emit, esc, guard, open_store, progress_bar
+from afterword.cli._common import (
+    JsonOpt,
+    Table,
+    console,
+    emit,
+    err_console,
+    esc,
+    fail,
+    guard,
+    open_store,
+    progress_bar,
+)
 
 suite_app = typer.Typer(help="Frozen regression suites.", no_args_is_help=True)
 eval_app = typer.Typer(help="Run a model version on a suite; compare two runs.", no_args_is_help=True)
@@ -206,6 +217,13 @@ def eval_run(
             f"repeat-mistake rate {s_['repeat_mistake_rate']}, errors {s_['errors']}"
         )
 
+    s_ = data["summary"]
+    if s_["items"] and s_["errors"] >= s_["items"]:
+        # Stored (it is a record of what happened), but it measured nothing: say so and exit non-zero.
+        first = next((r.error for r in run.results if r.error), None)
+        fail(f"every item of run {data['id']} failed (first: {first}); its scores mean nothing", as_json, run=data)
+    if s_["errors"] and not as_json:
+        err_console.print(f"[bold yellow]warning:[/] {s_['errors']} of {s_['items']} items failed; they score 0")
     emit(data, as_json, render)
 
 
@@ -288,8 +306,15 @@ def report_cmd(
     """Write one self-contained HTML report with plots (works offline)."""
     from afterword.evals.report import build_report
 
-    with guard(as_json), progress_bar("building report", None, not as_json):
-        res = build_report(open_store(), out, run_a=run_a, run_b=run_b, title=title, redact=redact)
+    if bool(run_a) != bool(run_b):
+        fail("pass both --a and --b, or neither (then the two newest runs of a suite are compared)", as_json)
+    with guard(as_json):
+        if run_a and run_b:
+            from afterword.evals.runs import get_run
+
+            get_run(open_store(), run_a), get_run(open_store(), run_b)  # a mistyped run is an error, not no comparison
+        with progress_bar("building report", None, not as_json):
+            res = build_report(open_store(), out, run_a=run_a, run_b=run_b, title=title, redact=redact)
     emit(res, as_json, lambda d: console.print(f"report written to [bold]{d['path']}[/] ({d['bytes']:,} bytes)"))
 
 

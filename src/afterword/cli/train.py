@@ -8,7 +8,18 @@ from typing import Any
 
 import typer
 
-from afterword.cli._common import JsonOpt, Table, console, emit, fail, guard, open_store, parse_date, progress_bar
+from afterword.cli._common import (
+    JsonOpt,
+    Table,
+    choice,
+    console,
+    emit,
+    fail,
+    guard,
+    open_store,
+    parse_date,
+    progress_bar,
+)
 from afterword.cli.dataset import command_line
 
 __all__ = ["register"]
@@ -20,10 +31,12 @@ train_app = typer.Typer(help="Train a preference (reward) model or fine-tune a m
 def reward(
     ctx: typer.Context,
     out: str = typer.Option("models/reward", "--out", help="Output folder."),
-    head: str = typer.Option("logreg", "--head", help="logreg | mlp (CPU heads on MiniLM features)"),
-    min_confidence: float = typer.Option(0.6, "--min-confidence"),
-    split: str = typer.Option("user", "--split", help="user | time | none"),
-    test_fraction: float = typer.Option(0.2, "--test-fraction"),
+    head: str = typer.Option(
+        "logreg", "--head", help="logreg | mlp (CPU heads on MiniLM features)", callback=choice("logreg", "mlp")
+    ),
+    min_confidence: float = typer.Option(0.6, "--min-confidence", min=0.0, max=1.0),
+    split: str = typer.Option("user", "--split", help="user | time | none", callback=choice("user", "time", "none")),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", min=0.05, max=0.9),
     seed: int = typer.Option(0, "--seed"),
     since: str = typer.Option(None, "--since"),
     until: str = typer.Option(None, "--until"),
@@ -85,13 +98,13 @@ def _finetune_command(kind: str) -> Any:
         base: str = typer.Option(None, "--base", help="Base model: folder, .gguf or HF id (default SmolLM2-135M)."),
         out: str = typer.Option(f"models/{kind}-lora", "--out"),
         max_steps: int = typer.Option(-1, "--max-steps", help="Steps (-1: --epochs over the data)."),
-        epochs: float = typer.Option(1.0, "--epochs"),
-        learning_rate: float = typer.Option(1e-4, "--lr"),
-        batch_size: int = typer.Option(2, "--batch-size"),
+        epochs: float = typer.Option(1.0, "--epochs", min=0.01),
+        learning_rate: float = typer.Option(1e-4, "--lr", min=1e-9),
+        batch_size: int = typer.Option(2, "--batch-size", min=1),
         grad_accum: int = typer.Option(1, "--grad-accum"),
-        lora_r: int = typer.Option(8, "--lora-r"),
+        lora_r: int = typer.Option(8, "--lora-r", min=1),
         beta: float = typer.Option(0.1, "--beta", help="DPO/KTO beta."),
-        max_length: int = typer.Option(512, "--max-length"),
+        max_length: int = typer.Option(512, "--max-length", min=8),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when present)."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = JsonOpt,
