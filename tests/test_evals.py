@@ -268,3 +268,14 @@ def test_whole_path_two_versions_against_local_model(store, llm, tmp_path):
     assert "comparison" in res["plots"] and res["comparison"]["b"] == "facts-prompt"
     html = (tmp_path / "report.html").read_text()
     assert "Repeat-mistake rate" in html and "facts-prompt" in html
+
+
+def test_a_range_in_the_reference_is_one_number_met_by_any_value_inside() -> None:
+    from afterword.evals.scoring import numbers_recall
+
+    ref = "About 125 g (120-130 g)."
+    assert numbers_recall("About 125 g per US cup.", ref) == 1.0  # was 1/3: 120 and 130 were required too
+    assert numbers_recall("Roughly 128 g.", ref) == 0.5
+    assert numbers_recall("About 140 g.", ref) == 0.0
+    assert numbers_recall("2 to 3 days", "It takes 2-3 days") == 1.0
+    assert numbers_recall("on 2023-05-09", "on 2023-05-08") == 2 / 3  # a date is three numbers, not a range

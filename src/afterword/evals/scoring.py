@@ -68,18 +68,48 @@ def numbers_in(text: str) -> set[str]:
     return {n.replace(",", ".").rstrip("0").rstrip(".") if "." in n or "," in n else n for n in _NUM.findall(text)}
 
 
+# "120-130", "2 to 3"; not a date or code such as 2023-05-08 (a third part) or 555-0134 (a leading zero).
+_RANGE = re.compile(
+    r"(?<![\w.\-/])([1-9]\d*(?:[.,]\d+)?|0[.,]\d+)\s*(?:-|–|—|to)\s*([1-9]\d*(?:[.,]\d+)?|0[.,]\d+)"
+    r"(?![\w.,]*\d|\s*[-–/]\s*\d)"
+)
+
+
+def _value(n: str) -> float:
+    return float(n.replace(",", "."))
+
+
 def numbers_recall(prediction: str, reference: str, request: str = "") -> float | None:
     """Share of the reference's numbers (minus those in the request) found in the prediction; None if none.
+
+    A range in the reference ("120-130 g", "2 to 3 days") is one number, stated when the prediction
+    gives the range or any number inside it.
 
     >>> numbers_recall("It is 3.1 km", "5 miles is 8.05 km", "5 miles in km?")
     0.0
     >>> numbers_recall("about 8.05 km", "5 miles is 8.05 km", "5 miles in km?")
     1.0
+    >>> numbers_recall("About 125 g per US cup.", "About 125 g (120-130 g).")
+    1.0
+    >>> numbers_recall("About 140 g.", "About 125 g (120-130 g).")
+    0.0
+    >>> numbers_recall("It shipped on 2023-05-09", "It shipped on 2023-05-08")
+    0.6666666666666666
     """
-    key = numbers_in(reference) - numbers_in(request)
-    if not key:
+    asked = numbers_in(request)
+    ranges = [(a, b) for a, b in _RANGE.findall(reference)]
+    in_ranges = {x for a, b in ranges for x in numbers_in(f"{a} {b}")}
+    singles = numbers_in(reference) - asked - in_ranges
+    ranges = [(a, b) for a, b in ranges if not numbers_in(f"{a} {b}") <= asked]
+    if not singles and not ranges:
         return None
-    return len(key & numbers_in(prediction)) / len(key)
+    said = numbers_in(prediction)
+    values = [_value(n) for n in said]
+    hits = len(singles & said)
+    for a, b in ranges:
+        lo, hi = sorted((_value(a), _value(b)))
+        hits += any(lo <= v <= hi for v in values)
+    return hits / (len(singles) + len(ranges))
 
 
 def reference_match(prediction: str, reference: str, similarity: float, request: str = "") -> dict[str, float]:
