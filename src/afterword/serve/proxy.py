@@ -24,6 +24,11 @@ in the ``X-Afterword-Message-Id`` header and the ``afterword_message_id`` body
 field. A streamed reply's id depends on text not yet generated when headers
 go out, so streams carry it in a final SSE comment line instead
 (``: afterword_message_id=<id>``), which SSE clients ignore.
+
+A stream the upstream breaks (or stops feeding) mid-way ends with an OpenAI-style
+error event, ``data: {"error": {...}}``, instead of ``data: [DONE]``, so the SDKs
+raise ``APIError`` rather than hand back a cut-off answer as a whole one; the log
+keeps the partial reply, marked ``incomplete`` with the ``upstream_error`` code.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from afterword.capture.logger import CaptureLogger, assign_ids
 from afterword.capture.wrap import to_message
 from afterword.errors import StoreError
 from afterword.records import Conversation, Message, utcnow
-from afterword.serve.errors import ProxyError, error_response
+from afterword.serve.errors import ProxyError, error_body, error_response
 from afterword.serve.journal import Journal, recover_journals
 from afterword.serve.keys import KeyCache
 from afterword.serve.proxy_config import CONFIG_ENV, ProxyConfig
@@ -166,8 +171,13 @@ class _StreamAccumulator:
             cur["function"]["name"] += fn.get("name") or ""
             cur["function"]["arguments"] += fn.get("arguments") or ""
 
-    def message(self, latency_ms: float, complete: bool) -> Message:
+    def message(self, latency_ms: float, complete: bool, error: str | None = None) -> Message:
+        """The reply so far. Not ``complete``: the client left or the upstream broke (``error``,
+        its code), and the metadata says so, so the store never holds it as a whole answer."""
         usage = self.usage or {}
+        metadata: dict[str, Any] = {} if complete else {"incomplete": True}
+        if error is not None:
+            metadata["upstream_error"] = error
         return Message(
             role="assistant",
             content=_clean_text("".join(self.parts)),
@@ -176,7 +186,7 @@ class _StreamAccumulator:
             latency_ms=latency_ms,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
-            metadata={} if complete else {"incomplete": True},
+            metadata=metadata,
         )
 
 
@@ -619,15 +629,22 @@ class ProxyState:
         )
 
     async def _relay(self, call: _Call, up: httpx.Response) -> AsyncIterator[bytes]:
-        """Forward the SSE bytes as they come; note the reply; log it when the stream ends."""
+        """Forward the SSE bytes as they come; note the reply; log it when the stream ends.
+
+        If the upstream breaks mid-stream (the status line is long gone), the client gets an
+        OpenAI-style error event, ``data: {"error": {...}}``, and no ``data: [DONE]``: the SDKs
+        raise on it (``openai.APIError``), so a cut-off answer never passes for a whole one. The
+        reply is logged as far as it got, marked ``incomplete``.
+        """
         acc = _StreamAccumulator()
         logged = False
         buf = b""
+        at_event_start = True  # the last line forwarded ended an event (or nothing went out yet)
 
-        def finish(complete: bool) -> bytes:
+        def finish(complete: bool, error: str | None = None) -> bytes:
             nonlocal logged
             logged = True
-            mid = call.finish(acc.message((time.perf_counter() - call.t0) * 1000, complete))
+            mid = call.finish(acc.message((time.perf_counter() - call.t0) * 1000, complete, error))
             return f": afterword_message_id={mid}\n\n".encode() if mid else b""
 
         try:
@@ -644,16 +661,26 @@ class ProxyState:
                         else:
                             acc.add(data)
                     out += line
+                    at_event_start = not stripped
                 if out:
                     yield bytes(out)
             if buf:
                 yield buf
             if not logged:  # an upstream that ends without [DONE]
                 yield finish(True)
-        except httpx.HTTPError as exc:  # headers are gone: all we can do is end the stream
+        except httpx.HTTPError as exc:  # headers are gone: tell the client in the stream itself
             log.warning("afterword: upstream stream broke: %s", exc)
+            if not logged:  # past [DONE] the client has its whole answer: nothing to add
+                err = self.upstream_error(exc)
+                # A half-received line is dropped, and an event left open is closed first, so the
+                # error is an event of its own rather than spliced into the upstream's last one.
+                out = bytearray(b"" if at_event_start else b"\n")
+                out += finish(False, err.code)
+                event = error_body(err.message, err.type, err.code)
+                out += b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
+                yield bytes(out)  # and end the stream here, without [DONE]
         finally:
-            if not logged:  # the client went away, or the upstream broke: keep what was said, marked
+            if not logged:  # the client went away: keep what was said, marked
                 finish(False)
             await up.aclose()  # last: when the client left, this await may itself be cancelled
 
