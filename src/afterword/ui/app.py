@@ -9,6 +9,11 @@ run even if it reached the page), and one JSON error shape::
 
     {"error": {"message": "...", "type": "...", "code": "..."}}
 
+(a request body or field that is not what an endpoint takes also says which
+``param``; status 400). On loopback, where there is no sign-in, a request
+whose ``Host`` is not a loopback name is refused (400), so a DNS-rebinding
+page cannot use the UI.
+
 Routes are plain ``def`` functions, so FastAPI runs the blocking store calls
 in its thread pool.
 """
@@ -22,14 +27,27 @@ from importlib import resources
 from typing import Any
 
 from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from afterword.errors import AfterwordError, ConfigError, NotFoundError
 from afterword.store.store import Store
 from afterword.ui import review
-from afterword.ui.auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Sessions, check_key, csrf_ok, is_loopback
+from afterword.ui.auth import (
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    KeyCheck,
+    Sessions,
+    check_key,
+    csrf_ok,
+    host_is_loopback,
+    is_loopback,
+    key_digest,
+)
 
 __all__ = ["create_app", "serve_ui", "error_json"]
 
@@ -40,35 +58,85 @@ _CSP = (
 _OPEN = {"/api/session", "/api/login"}
 
 
-def error_json(status: int, message: str, code: str, type_: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+def error_json(
+    status: int, message: str, code: str, type_: str = "invalid_request_error", param: str | None = None
+) -> JSONResponse:
+    err: dict[str, Any] = {"message": message, "type": type_, "code": code}
+    if param is not None:
+        err["param"] = param
+    return JSONResponse({"error": err}, status_code=status)
+
+
+class BadField(Exception):
+    """A request body field that is missing or of the wrong kind (answered 400, naming the field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _text(body: dict[str, Any], field: str, *, required: bool = True) -> str | None:
+    """``body[field]`` when it is a string (non-empty after stripping when ``required``; else it may be absent)."""
+    value = body.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadField(field, f"'{field}' must be a non-empty string" if required else f"'{field}' must be a string")
+    return value
 
 
 def create_app(
-    store: Store, *, auth_required: bool = False, reviewer: str = "local", dashboard_ttl_s: float = 30.0
+    store: Store,
+    *,
+    auth_required: bool = False,
+    reviewer: str = "local",
+    dashboard_ttl_s: float = 30.0,
+    key_recheck_s: float = 2.0,
 ) -> FastAPI:
-    """The UI app on ``store``. With ``auth_required`` every API call needs a session or a bearer key."""
+    """The UI app on ``store``. With ``auth_required`` every API call needs a session or a bearer key.
+
+    Without it (loopback) only requests whose ``Host`` is a loopback name are served.
+    A session works only while the key that opened it is active: it is checked against
+    the store at least every ``key_recheck_s`` seconds.
+    """
     app = FastAPI(title="afterword review", docs_url=None, redoc_url=None, openapi_url=None)
     sessions = Sessions()
+    key_check = KeyCheck(store, ttl_s=key_recheck_s)
     static = resources.files("afterword") / "ui" / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     cache: dict[str, Any] = {}
     cache_lock = threading.Lock()
 
     def who(request: Request) -> tuple[str | None, bool]:
-        """(reviewer, via bearer key)"""
+        """(reviewer, via bearer key). Blocking (asks the store)."""
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer ") and check_key(store, auth[7:].strip()):
             return "api-key", True
         if not auth_required:
             return reviewer, False
-        return sessions.who(request.cookies.get(SESSION_COOKIE)), False
+        token = request.cookies.get(SESSION_COOKIE)
+        hit = sessions.lookup(token)
+        if hit is None:
+            return None, False
+        name, digest = hit
+        if digest is None or not key_check.active(digest):  # the key was revoked: the session ends with it
+            sessions.end(token)
+            return None, False
+        return name, False
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         path = request.url.path
+        if not auth_required and not host_is_loopback(request.headers.get("host")):
+            return error_json(
+                400, "this UI answers only to a loopback host name (localhost, 127.0.0.1, [::1])", "bad_host"
+            )
         if path.startswith("/api/"):
-            name, bearer = who(request)
+            try:
+                name, bearer = await run_in_threadpool(who, request)
+            except AfterwordError:
+                return error_json(503, "the store is unavailable", "store_unavailable", "server_error")
             if auth_required and name is None and path not in _OPEN:
                 return error_json(401, "sign in with an API key of scope 'ui'", "unauthorized", "authentication_error")
             if request.method not in ("GET", "HEAD", "OPTIONS") and not bearer:
@@ -102,6 +170,21 @@ def create_app(
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_json(exc.status_code, str(exc.detail), "http_error")
 
+    @app.exception_handler(RequestValidationError)
+    def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        param = None
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ()) if x != "body"] or ["body"]
+            param = param or ".".join(loc)
+            problems.append(f"{'.'.join(loc)}: {e.get('msg', 'invalid')}")
+        message = "; ".join(problems[:5]) or "invalid request"
+        return error_json(400, message, "invalid_request", param=param)
+
+    @app.exception_handler(BadField)
+    def _bad_field(request: Request, exc: BadField) -> JSONResponse:
+        return error_json(400, exc.message, "invalid_field", param=exc.field)
+
     @app.get("/")
     def index() -> FileResponse:
         return FileResponse(str(static / "index.html"), media_type="text/html")
@@ -113,15 +196,14 @@ def create_app(
 
     @app.post("/api/login")
     def login(request: Request, body: dict[str, Any] = Body(...)) -> Response:
-        key = str(body.get("key") or "")
+        key = _text(body, "key", required=False) or ""
+        name = (_text(body, "name", required=False) or "").strip()[:64] or "reviewer"
         if not check_key(store, key):
             time.sleep(0.2)  # slow down guessing
             return error_json(401, "unknown or revoked key", "bad_key", "authentication_error")
-        name = str(body.get("name") or "reviewer")[:64]
         resp = JSONResponse({"signed_in": True, "reviewer": name})
-        resp.set_cookie(
-            SESSION_COOKIE, sessions.start(name), httponly=True, samesite="strict", path="/", max_age=12 * 3600
-        )
+        token = sessions.start(name, key_digest(key))
+        resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/", max_age=12 * 3600)
         return resp
 
     @app.post("/api/logout")
@@ -152,11 +234,11 @@ def create_app(
 
     @app.post("/api/item/{message_id}/label")
     def label(request: Request, message_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return review.set_label(store, message_id, str(body.get("label", "")), request.state.reviewer)
+        return review.set_label(store, message_id, _text(body, "label") or "", request.state.reviewer)
 
     @app.post("/api/item/{message_id}/correct")
     def correct(request: Request, message_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return review.correct(store, message_id, str(body.get("text", "")), request.state.reviewer)
+        return review.correct(store, message_id, _text(body, "text") or "", request.state.reviewer)
 
     @app.get("/api/dashboard")
     def dashboard() -> dict[str, Any]:
