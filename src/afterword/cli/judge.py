@@ -45,12 +45,25 @@ def judge_cmd(
         envvar="AFTERWORD_JUDGE_HEAD",
         help="The judge's head: 'finetuned' (default), 'lr' (3-5x faster, 3-6 UAR points less), or a .npz path.",
     ),
+    rejudge: bool = typer.Option(
+        False,
+        "--rejudge",
+        help="Re-judge every conversation in scope (with --since, those started on/after it), not only pending ones: "
+        "run it after `afterword judge calibrate` stores a calibrator, or after changing --head, to apply it to "
+        "existing judgments.",
+    ),
     engine: str = typer.Option("local", "--engine", help="local, or ray for batch work over a cluster."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     workers: int = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Judge every response not yet judged (incremental and resumable)."""
+    """Judge every response not yet judged (incremental and resumable).
+
+    Pending work is derived from the store: responses without a judgment, responses whose explicit
+    feedback now says otherwise than their judgment (however old that feedback is), and earlier
+    conversations of a user who came back. A new calibrator or judge head is not pending work by
+    itself: apply it with --rejudge.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from afterword.judge.runner import judge_store, pending_conversations
@@ -89,14 +102,21 @@ def judge_cmd(
                     batch_size=batch_size,
                     config=config,
                     progress=adv,
+                    rejudge=rejudge,
                 )
             if skipped:
                 res["llm_judge_skipped"] = skipped
         else:
-            n = len(pending_conversations(store, since=since_dt))
+            n = len(pending_conversations(store, since=since_dt, rejudge=rejudge))
             with progress_bar("judging", n, not as_json) as adv:
                 res = judge_store(
-                    store, since=since_dt, config=config, llm_judge=llm_judge, batch_size=batch_size, progress=adv
+                    store,
+                    since=since_dt,
+                    config=config,
+                    llm_judge=llm_judge,
+                    batch_size=batch_size,
+                    progress=adv,
+                    rejudge=rejudge,
                 )
     emit(
         res,
@@ -148,11 +168,17 @@ def calibrate_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; never replace the calibrator."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Fit a calibrator from the explicit feedback in the store; report CV metrics before replacing anything."""
+    """Fit a calibrator from the explicit feedback in the store; report CV metrics before replacing anything.
+
+    A stored calibrator applies to judgments written from then on; existing judgments keep their
+    labels until re-judged: run `afterword judge --rejudge` (optionally with --since) to apply it.
+    """
     from afterword.judge.calibrate import calibrate
 
     with guard(as_json):
         rep = calibrate(open_store(), folds=folds, min_items=min_items, min_gain=min_gain, dry_run=dry_run)
+    if rep.get("replaced"):
+        rep["next"] = "afterword judge --rejudge"
 
     def render(d: dict[str, Any]) -> None:
         console.print(f"explicit labels: {d['n']} {d['label_counts']}")
@@ -162,6 +188,8 @@ def calibrate_cmd(
                     f"  {k:>8}: before {d['before'][k]:.3f}  after {d['after'][k]:.3f}  ({d['folds']}-fold CV)"
                 )
         console.print(("[green]calibrator stored[/]: " if d["replaced"] else "[yellow]not replaced[/]: ") + d["reason"])
+        if d["replaced"]:
+            console.print("existing judgments are unchanged: run `afterword judge --rejudge` to apply it to them")
 
     emit(rep, as_json, render)
 

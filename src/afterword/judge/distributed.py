@@ -108,8 +108,11 @@ def judge_store_ray(
     batch_size: int = 200,
     progress: Callable[[int], None] | None = None,
     limit: int | None = None,
+    rejudge: bool = False,
 ) -> dict[str, Any]:
     """Judge every pending conversation of ``store`` on Ray; returns the same keys as ``judge_store``.
+
+    With ``rejudge``, every conversation in scope (as ``judge_store`` does).
 
     ``num_workers`` actors (default: the CPUs Ray reports) each judge
     ``batch_size`` conversations at a time. ``num_cpus`` caps a local Ray.
@@ -119,7 +122,7 @@ def judge_store_ray(
 
     cfg = config or JudgeConfig()
     model_version = HindsightJudge(cfg).model_version  # also fails early on a missing model file
-    pending = pending_conversations(store, since=since, window_days=cfg.later_window_days)
+    pending = pending_conversations(store, since=since, window_days=cfg.later_window_days, rejudge=rejudge)
     if limit is not None:
         pending = pending[:limit]
     result: dict[str, Any] = {

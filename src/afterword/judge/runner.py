@@ -9,9 +9,14 @@ where it stopped, and a re-run on an up-to-date store does nothing.
 
 A conversation needs (re)judging when:
 - one of its assistant messages has no ``hindsight-model`` judgment;
-- explicit feedback on one of its messages arrived after its judgment;
+- the explicit feedback now stored for one of its messages dictates another
+  verdict than the one its judgment carries (feedback added after the
+  judgment, whatever time the user gave it: explicit feedback always wins);
 - the same user started a new conversation within ``later_window_days``
   after it (the user may have come back to report the outcome).
+
+``rejudge=True`` takes every conversation in scope instead, e.g. to apply a
+calibrator stored by ``afterword judge calibrate`` to existing judgments.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from afterword.judge.calibrate import load_calibrator
-from afterword.judge.hindsight import HindsightJudge, label_for_score
+from afterword.judge.hindsight import HindsightJudge, _from_feedback, label_for_score
 from afterword.judge.judge_config import JudgeConfig
-from afterword.records import Conversation, Judgment, JudgmentSource
+from afterword.records import Conversation, Feedback, Judgment, JudgmentSource
 from afterword.store import schema as t
 from afterword.store.store import Store, aware
 
@@ -35,21 +40,105 @@ __all__ = ["pending_conversations", "judge_store", "explain", "combine", "stage"
 _SRC = JudgmentSource.hindsight_model.value
 
 
-def pending_conversations(store: Store, *, since: datetime | None = None, window_days: float = 7.0) -> list[str]:
-    """Ids of conversations to (re)judge, oldest first."""
-    m, j, f, c = t.messages, t.judgments, t.feedback, t.conversations
+def _evidence_key(signal: str, weight: float, detail: str | None) -> tuple[str, float, str]:
+    return signal, round(float(weight), 9), detail or ""
+
+
+def _stale_explicit(conn: sa.Connection) -> set[str]:
+    """Conversations where a judged message's feedback now dictates another verdict than its judgment's.
+
+    Derived from the feedback itself, not from its timestamp: the time on a
+    feedback row is when the user gave it (an import may bring it in long
+    after the message was judged), and the store keeps no insertion time. The
+    verdict is recomputed as the judge does (the latest feedback that states
+    one wins; any of those tied at the latest time is accepted, since the
+    judge's order among them is the database's) and compared with the
+    explicit evidence the judgment used.
+    """
+    m, j, f = t.messages, t.judgments, t.feedback
+    rows = conn.execute(
+        sa.select(
+            f.c.message_id,
+            f.c.kind,
+            f.c.thumbs,
+            f.c.rating,
+            f.c.comment,
+            f.c.correction,
+            f.c.created_utc,
+            m.c.conversation_id,
+        ).select_from(
+            f.join(m, m.c.id == f.c.message_id).join(j, sa.and_(j.c.message_id == f.c.message_id, j.c.source == _SRC))
+        )
+    ).all()
+    if not rows:
+        return set()
+    conv_of: dict[str, str] = {}
+    latest: dict[str, tuple[datetime, set[tuple[str, float, str]]]] = {}
+    for r in rows:
+        conv_of[r.message_id] = r.conversation_id
+        fb = Feedback(
+            kind=r.kind,
+            message_id=r.message_id,
+            thumbs=r.thumbs,
+            rating=r.rating,
+            comment=r.comment,
+            correction=r.correction,
+        )
+        got = _from_feedback(fb, r.message_id)
+        if got is None:
+            continue
+        ev = got[2]
+        key = _evidence_key(ev.signal, ev.weight, ev.detail)
+        when = aware(r.created_utc)
+        cur = latest.get(r.message_id)
+        if cur is None or when > cur[0]:  # type: ignore[operator]
+            latest[r.message_id] = (when, {key})  # type: ignore[assignment]
+        elif when == cur[0]:
+            cur[1].add(key)
+    stale: set[str] = set()
+    mids = list(conv_of)
+    for i in range(0, len(mids), 900):
+        for mid, evidence in conn.execute(
+            sa.select(j.c.message_id, j.c.evidence_json).where(
+                j.c.message_id.in_(mids[i : i + 900]), j.c.source == _SRC
+            )
+        ):
+            used = [
+                _evidence_key(e.get("signal", ""), e.get("weight") or 0.0, e.get("detail"))
+                for e in evidence or []
+                if str(e.get("signal", "")).startswith("explicit")
+            ]
+            wanted = latest.get(mid)
+            if wanted is None:
+                if used:  # the feedback it used no longer states a verdict
+                    stale.add(conv_of[mid])
+            elif not used or used[0] not in wanted[1]:
+                stale.add(conv_of[mid])
+    return stale
+
+
+def pending_conversations(
+    store: Store, *, since: datetime | None = None, window_days: float = 7.0, rejudge: bool = False
+) -> list[str]:
+    """Ids of conversations to (re)judge, oldest first; with ``rejudge``, every conversation in scope."""
+    m, j, c = t.messages, t.judgments, t.conversations
+    if rejudge:
+        with store.read() as conn:
+            q = sa.select(c.c.id, c.c.started_utc).where(
+                c.c.id.in_(sa.select(m.c.conversation_id).where(m.c.role == "assistant").distinct())
+            )
+            if since is not None:
+                q = q.where(sa.or_(c.c.started_utc >= since, c.c.started_utc.is_(None)))
+            everything = [(aware(r.started_utc).timestamp() if r.started_utc else 0.0, r.id) for r in conn.execute(q)]
+        everything.sort()
+        return [cid for _, cid in everything]
     unjudged = (
         sa.select(m.c.conversation_id)
         .select_from(m.outerjoin(j, sa.and_(j.c.message_id == m.c.id, j.c.source == _SRC)))
         .where(m.c.role == "assistant", j.c.id.is_(None))
     )
-    late_feedback = (
-        sa.select(m.c.conversation_id)
-        .select_from(f.join(m, m.c.id == f.c.message_id).join(j, sa.and_(j.c.message_id == m.c.id, j.c.source == _SRC)))
-        .where(f.c.created_utc > j.c.created_utc)
-    )
     with store.read() as conn:
-        ids = set(conn.execute(unjudged.distinct()).scalars()) | set(conn.execute(late_feedback.distinct()).scalars())
+        ids = set(conn.execute(unjudged.distinct()).scalars()) | _stale_explicit(conn)
         if not ids:
             return []
         rows = []
@@ -149,12 +238,13 @@ def judge_store(
     batch_size: int = 200,
     progress: Callable[[int], None] | None = None,
     limit: int | None = None,
+    rejudge: bool = False,
 ) -> dict[str, Any]:
-    """Judge every pending conversation; returns counts, label balance and throughput."""
+    """Judge every pending conversation (every one in scope with ``rejudge``); returns counts and throughput."""
     cfg = config or JudgeConfig()
     judge = HindsightJudge(cfg)
     calibrator = load_calibrator(store)
-    pending = pending_conversations(store, since=since, window_days=cfg.later_window_days)
+    pending = pending_conversations(store, since=since, window_days=cfg.later_window_days, rejudge=rejudge)
     if limit is not None:
         pending = pending[:limit]
     t0 = time.perf_counter()
