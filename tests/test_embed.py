@@ -36,13 +36,13 @@ class _Recorder:
 @pytest.fixture
 def recorded():
     emb = get_embedder()
-    real = emb.session
+    real, single = emb.session, emb._single
     rec = _Recorder(real)
-    emb.session = rec
+    emb.session = emb._single = rec  # small calls and the per-core streams of bulk calls alike
     try:
         yield emb, rec
     finally:
-        emb.session = real
+        emb.session, emb._single = real, single
 
 
 def test_batches_pad_only_to_their_longest_text(recorded) -> None:

@@ -96,15 +96,17 @@ class HindsightJudge:
 
     def warm_up(self) -> None:
         """Load every encoder the judge runs (their ONNX sessions take a second or so each)."""
+        if self._encode is None:
+            get_embedder(self.model.similarity_encoder_path()).warm_up()
         self._encoder()(["warm up"])
         path = self.model.encoder_path()
         if path is not None:
-            get_embedder(path).encode(["warm up"])
+            get_embedder(path).warm_up()
 
     def _encoder(self):  # noqa: ANN202
         """Text -> unit vectors for the similarity signals (and the features of a head without its own encoder)."""
         if self._encode is None:
-            emb = get_embedder()
+            emb = get_embedder(self.model.similarity_encoder_path())
             bs = self.config.batch_size
             self._encode = lambda texts: emb.encode(texts, batch_size=bs)
         return self._encode
