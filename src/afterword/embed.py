@@ -33,6 +33,14 @@ _lock = threading.Lock()
 _instances: dict[str | None, Embedder] = {}
 
 
+def _usable_cpus() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_tokenizer(max_tokens: int = _MAX_TOKENS) -> Any:
     """MiniLM's tokenizer (a ``tokenizers.Tokenizer``), truncating at ``max_tokens``, unpadded."""
     from tokenizers import Tokenizer
@@ -74,7 +82,7 @@ class Embedder:
         # Bulk work runs as one single-threaded stream per core: on 2 cores 8 % more texts a second
         # than one two-threaded stream (a MiniLM's ops are too small to split well). Not when
         # the caller fixed the thread count.
-        self._streams = 0 if threads else (os.cpu_count() or 1)
+        self._streams = 0 if threads else _usable_cpus()
         self._single: Any = None
 
     def _session(self, threads: int) -> Any:
