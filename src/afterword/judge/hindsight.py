@@ -98,7 +98,8 @@ class HindsightJudge:
         """Load every encoder the judge runs (their ONNX sessions take a second or so each)."""
         if self._encode is None:
             get_embedder(self.model.similarity_encoder_path()).warm_up()
-        self._encoder()(["warm up"])
+        else:  # a lookup the caller passed in
+            self._encode(["warm up"])
         path = self.model.encoder_path()
         if path is not None:
             get_embedder(path).warm_up()

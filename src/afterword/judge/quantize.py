@@ -40,7 +40,11 @@ __all__ = [
     "CALIBRATION_SIZE",
     "calibration_batches",
     "dequantize_weights",
+    "drop_nan_guards",
+    "keep_float_elsewhere",
+    "quantize_embedding_tables",
     "quantize_static_int8",
+    "quiet_quantizer",
 ]
 
 #: Calibration inputs used for the shipped encoders (more changed no range noticeably).
@@ -193,6 +197,14 @@ def _prune(model: Any) -> Any:
     return model
 
 
+def quantize_embedding_tables(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Write ``src`` to ``dst`` with its embedding tables int8 per tensor (``quantize_dynamic`` of
+    the Gathers: a lookup, so no activation is quantised). Both int8 formats start here."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+
+
 def quantize_static_int8(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -210,7 +222,6 @@ def quantize_static_int8(
         CalibrationMethod,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
 
@@ -239,9 +250,7 @@ def quantize_static_int8(
         onnx.save(model, str(float_path))
         if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):  # a float embedding table
             gathered = Path(tmp) / "gather_int8.onnx"
-            quantize_dynamic(
-                str(float_path), str(gathered), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"]
-            )
+            quantize_embedding_tables(float_path, gathered)
             float_path = gathered
             model = onnx.load(str(float_path))
         weights = {i.name for i in model.graph.initializer}
