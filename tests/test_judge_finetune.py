@@ -163,3 +163,19 @@ def test_a_smaller_encoder_keeps_only_its_first_layers(tmp_path):
     assert v.shape == (4, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     with pytest.raises(ValueError, match="layers must be 1..6"):
         finetune.finetune_reaction_encoder(TEXTS, LABELS, config=finetune.FinetuneConfig(layers=7))
+
+
+def test_soft_targets_mix_the_raters_votes_into_the_label():
+    base = {"batch_size": 8, "lr": 2e-4, "layers": 1, "threads": 2}
+    plain = finetune.finetune_reaction_encoder(TEXTS, LABELS, config=finetune.FinetuneConfig(**base))
+    onehot = np.eye(3, dtype=np.float32)[LABELS]
+    cfg = finetune.FinetuneConfig(**base, soft=0.5)
+    # votes that agree with the label give the label's target: the same training, step for step
+    same = finetune.finetune_reaction_encoder(TEXTS, LABELS, votes=onehot, config=cfg)
+    assert np.allclose(same.losses, plain.losses, atol=1e-5)
+    # split votes soften the target, and the loss moves with it
+    split = np.full_like(onehot, 1 / 3)
+    soft = finetune.finetune_reaction_encoder(TEXTS, LABELS, votes=split, config=cfg)
+    assert not np.allclose(soft.losses, plain.losses, atol=1e-3)
+    with pytest.raises(ValueError, match="vote shares"):
+        finetune.finetune_reaction_encoder(TEXTS, LABELS, config=cfg)

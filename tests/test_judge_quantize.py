@@ -43,6 +43,9 @@ def test_shipped_encoders_are_statically_quantised() -> None:
         ops = [n.op_type for n in graph.node]
         assert ops.count("QuantizeLinear") == 24, name  # one per weight-MatMul input: 4 a layer
         assert "MatMulNBits" not in ops and "IsNaN" not in ops, name
+        # each weight MatMul is one int8 node that adds its own bias (fold_biases)
+        fused = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+        assert len(fused) == 36 and all(len(n.input) == 7 and n.input[6] for n in fused), name
         # only MatMuls read a quantised activation: the residual stream stays float
         dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         readers = {n.op_type for n in graph.node if any(i in dq for i in n.input)}
@@ -85,7 +88,7 @@ def test_the_default_judge_runs_both_shipped_encoders() -> None:
     judge.warm_up()
     vec = judge._encoder()(["thanks"])[0]
     assert np.allclose(vec, Embedder(model_path=ASSETS / "similarity_encoder.onnx").encode(["thanks"])[0], atol=1e-5)
-    assert judge.model_version.startswith("hindsight/uss-mwoz-sgd-ft-v2.1+")
+    assert judge.model_version.startswith("hindsight/uss-mwoz-sgd-ft-v3+")
 
 
 def test_the_nan_guard_removal_changes_no_output() -> None:
@@ -143,3 +146,43 @@ def test_static_export_of_a_torch_model(tmp_path) -> None:
     # 8 distinct calibration texts give narrower ranges than the shipped encoders' 2,000
     assert cos.min() > 0.97 and cos.mean() > 0.985, cos
     assert np.allclose(emb.encode(TEXTS[:8], batch_size=1), ours, atol=1e-5)
+
+
+def test_folding_the_bias_into_the_int8_matmul_keeps_its_output() -> None:
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from afterword.judge.quantize import fold_biases
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(8, 5)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.float32(0.02), "sx"),
+        numpy_helper.from_array(np.uint8(128), "zx"),
+        numpy_helper.from_array(w, "wq"),
+        numpy_helper.from_array(rng.uniform(0.001, 0.01, 5).astype(np.float32), "sw"),
+        numpy_helper.from_array(np.zeros(5, np.int8), "zw"),
+        numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=1),
+        helper.make_node("MatMul", ["xd", "wd"], ["m"]),
+        helper.make_node("Add", ["b", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"x": rng.normal(size=(3, 4, 8)).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    folded = fold_biases(model)
+    assert [n.op_type for n in folded.graph.node] == ["QuantizeLinear", "MatMulIntegerToFloat"]
+    after = ort.InferenceSession(folded.SerializeToString()).run(None, feed)[0]
+    assert np.allclose(before, after, atol=1e-5)

@@ -80,7 +80,7 @@ def base_model() -> Any:
 
 @dataclass
 class FinetuneConfig:
-    """Hyper-parameters; the defaults are the ones the shipped encoder was trained with."""
+    """Hyper-parameters; the defaults are the ones the shipped encoder was trained with (but ``soft``, see below)."""
 
     epochs: int = 1
     lr: float = 5e-5
@@ -93,6 +93,9 @@ class FinetuneConfig:
     seed: int = 0
     threads: int | None = None
     layers: int | None = None  # keep only the first ``layers`` transformer layers (a smaller, faster encoder)
+    # Weight of the raters' vote shares in the target (the rest: the 0/1/2 label). The shipped
+    # encoder used 0.3, set by scripts/train_judge.py, which has the votes to pass.
+    soft: float = 0.0
 
 
 @dataclass
@@ -112,6 +115,7 @@ def finetune_reaction_encoder(
     *,
     second: Sequence[str] | None = None,
     teacher: np.ndarray | None = None,
+    votes: np.ndarray | None = None,
     config: FinetuneConfig | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> FinetunedEncoder:
@@ -120,8 +124,10 @@ def finetune_reaction_encoder(
     ``second``: a second segment per example (the response), so the classifier reads the pair
     ``[CLS] reaction [SEP] response [SEP]``. ``teacher``: the general-purpose unit embeddings of
     ``texts`` alone (n, 384), which the distillation term pulls the single-text embeddings
-    towards; required when ``config.distill`` > 0. ``progress(step, steps, loss)`` is called
-    after every step.
+    towards; required when ``config.distill`` > 0. ``votes``: each example's share of raters
+    who were dissatisfied, neutral and satisfied (n, 3); with ``config.soft`` = a > 0 the target
+    is (1 - a) * one-hot(label) + a * votes. ``progress(step, steps, loss)`` is called after
+    every step.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -131,6 +137,8 @@ def finetune_reaction_encoder(
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     if second is not None and len(second) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(second)} second segments")
+    if cfg.soft and (votes is None or len(votes) != len(texts)):
+        raise ValueError("soft targets need one row of vote shares per text")
     if cfg.distill and (teacher is None or len(teacher) != len(texts)):
         raise ValueError("distillation needs one teacher embedding per text")
     random.seed(cfg.seed)
@@ -153,6 +161,9 @@ def finetune_reaction_encoder(
     counts = np.bincount(y, minlength=3).astype(np.float64)
     weight = torch.tensor(len(y) / (3 * np.clip(counts, 1, None)), dtype=torch.float32)
     T = torch.tensor(np.asarray(teacher, dtype=np.float32)) if cfg.distill else None
+    target = np.eye(3, dtype=np.float32)[y]
+    if cfg.soft:
+        target = (1 - cfg.soft) * target + cfg.soft * np.asarray(votes, dtype=np.float32)
     params = [*model.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = (len(texts) + cfg.batch_size - 1) // cfg.batch_size
@@ -174,7 +185,7 @@ def finetune_reaction_encoder(
             b = order[start : start + cfg.batch_size]
             single = [texts[i] or " " for i in b]
             unit = embed(single, None if second is None else [second[i] or " " for i in b])
-            loss = torch.nn.functional.cross_entropy(head(unit * cfg.scale), torch.tensor(y[b]), weight=weight)
+            loss = torch.nn.functional.cross_entropy(head(unit * cfg.scale), torch.tensor(target[b]), weight=weight)
             if T is not None:
                 alone = unit if second is None else embed(single, None)
                 loss = loss + cfg.distill * (1 - (alone * T[b]).sum(-1)).mean()
