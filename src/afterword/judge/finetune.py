@@ -161,9 +161,13 @@ def finetune_reaction_encoder(
     counts = np.bincount(y, minlength=3).astype(np.float64)
     weight = torch.tensor(len(y) / (3 * np.clip(counts, 1, None)), dtype=torch.float32)
     T = torch.tensor(np.asarray(teacher, dtype=np.float32)) if cfg.distill else None
-    target = np.eye(3, dtype=np.float32)[y]
-    if cfg.soft:
-        target = (1 - cfg.soft) * target + cfg.soft * np.asarray(votes, dtype=np.float32)
+    # Soft targets are class probabilities; without them the class indices, as v2 was trained
+    # (torch averages a weighted loss over the weights for indices, over the batch for probabilities).
+    target = (
+        (1 - cfg.soft) * np.eye(3, dtype=np.float32)[y] + cfg.soft * np.asarray(votes, dtype=np.float32)
+        if cfg.soft
+        else y
+    )
     params = [*model.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = (len(texts) + cfg.batch_size - 1) // cfg.batch_size
