@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from afterword.cli import app
 from afterword.memory import MemoryConfig, MemoryInjector, add_memories, episodic, recall
+from afterword.memory.turns import recall_encoder_path
 from afterword.records import Conversation, Memory, MemoryKind, Message
 from afterword.store import Store, forget_user
 from afterword.store import schema as t
@@ -29,6 +30,10 @@ def _conv(user: str, external: str, when: datetime, *pairs: tuple[str, str]) -> 
             Message(role="assistant", content=a, created_utc=when),
         ]
     return Conversation(user_id=user, external_id=external, started_utc=when, messages=msgs)
+
+
+def _key(store: Store, user: str) -> tuple[str, str, str]:
+    return episodic._key(store, user, recall_encoder_path())
 
 
 @pytest.fixture
@@ -83,22 +88,22 @@ def test_recall_finds_the_turn_that_answers_and_only_in_the_users_own_history(hi
 
 def test_recall_sees_new_messages_and_reembeds_only_them(history: Store) -> None:
     recall(history, "dog", user_id="ana")
-    before = episodic._cache[(history.url, "ana")].vectors
+    before = episodic._cache[_key(history, "ana")].vectors
     history.import_conversations(
         [_conv("ana", "a3", datetime(2024, 4, 2, tzinfo=UTC), ("We moved to Lisbon in April.", "Exciting!"))]
     )
     hit = recall(history, "Where did we move to?", user_id="ana", k=1)[0]
     assert hit.text == "We moved to Lisbon in April."
-    after = episodic._cache[(history.url, "ana")].vectors
+    after = episodic._cache[_key(history, "ana")].vectors
     assert len(after) == len(before) + 2
     assert all(after[mid] is vec for mid, vec in before.items())  # earlier turns were not embedded again
 
 
 def test_forgetting_a_user_leaves_nothing_to_recall(history: Store) -> None:
     assert recall(history, "dog surgery", user_id="ana")
-    assert (history.url, "ana") in episodic._cache
+    assert _key(history, "ana") in episodic._cache
     forget_user(history, "ana")
-    assert (history.url, "ana") not in episodic._cache  # the text held in memory is gone too
+    assert all(k[:2] != (history.url, "ana") for k in episodic._cache)  # the text held in memory is gone too
     assert recall(history, "dog surgery", user_id="ana") == []
     assert recall(history, "cat surgery", user_id="ben")[0].text.startswith("My cat Pixel")
 

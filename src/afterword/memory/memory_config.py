@@ -42,16 +42,16 @@ class MemoryConfig(BaseModel):
         ge=0,
         description="Turns of the user's own earlier conversations recalled into a request (``memory.recall``), "
         "beside the memories, within the same token budget. 0 (the default) turns recall off: raw earlier turns "
-        "are the user's own words, quoted back, and their gate lets about 1.6 % of unrelated requests through "
+        "are the user's own words, quoted back, and their gate lets about 1 % of unrelated requests through "
         "where the lessons' lets none (bench/recall_gate.py, docs/benchmarks.md).",
     )
     recall_min_cosine: float = Field(
         0.45,
         ge=-1,
         le=1,
-        description="A recalled turn goes in only when the query's cosine similarity to it reaches this. On LoCoMo "
-        "(k = 2): 0.45 injects an answering turn into 31 % of answerable requests and a turn into 1.6 % of unrelated "
-        "ones; 0.5: 23 % and 0.3 %.",
+        description="A recalled turn goes in only when the query's cosine similarity to it (by the recall encoder) "
+        "reaches this. With k = 2, 0.45 lets a turn into 0.9 % of unrelated requests (0.5: 0.2 %); on LoCoMo it "
+        "injects an answering turn into 31 % of answerable requests with the general MiniLM (bench/recall_gate.py).",
     )
 
     # -- retrieval ------------------------------------------------------------------

@@ -31,10 +31,20 @@ The hybrid score is a weighted sum of per-turn signals (:data:`FEATURES`):
   month (1) or in the ten days after it (½); needs :attr:`Turn.time`;
 - ``length``: log(1 + words): short acknowledgements rarely answer anything.
 
-The weights (:data:`WEIGHTS`) are a logistic regression of "is an evidence
-turn" on these signals, fitted on LoCoMo with
-:func:`afterword.memory.bench.fit_turn_weights`; held-out checks (leave one
-conversation out, and two halves) are in ``docs/benchmarks.md``.
+The weights are a logistic regression of "is an evidence turn" on these
+signals, fitted on LoCoMo with :func:`afterword.memory.bench.fit_turn_weights`,
+one set per encoder (:func:`encoder_weights`); held-out checks are in
+``docs/benchmarks.md``.
+
+**The encoder.** Turns and questions are embedded by the *recall encoder*
+(:func:`recall_encoder_path`): by default all-MiniLM-L6-v2 fine-tuned as a
+question→turn encoder on LoCoMo (``afterword/memory/assets``, static int8, the
+general model's cost; trained by ``scripts/train_recall_encoder.py``, weights
+in its JSON beside it). ``AFTERWORD_RECALL_ENCODER=general`` selects the
+general MiniLM (and :data:`WEIGHTS`) instead; a path selects another ONNX
+export of a MiniLM-L6, with its weights from a ``.json`` of the same name when
+there is one. The fine-tuned weights are derived from LoCoMo (CC BY-NC 4.0):
+see the assets folder's README.
 
 ``mode="dense"`` and ``mode="bm25"`` are the single-signal baselines
 (turn cosine only, turn BM25 only).
@@ -43,17 +53,39 @@ conversation out, and two halves) are in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import calendar
+import functools
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from afterword.embed import get_embedder
+from afterword.embed import Embedder, get_embedder
 from afterword.memory.index import BM25
 
-__all__ = ["Turn", "TurnIndex", "FEATURES", "WEIGHTS", "question_dates"]
+__all__ = [
+    "Turn",
+    "TurnIndex",
+    "FEATURES",
+    "WEIGHTS",
+    "question_dates",
+    "recall_encoder_path",
+    "recall_embedder",
+    "encoder_weights",
+    "encoder_info",
+    "RECALL_ENCODER_ENV",
+]
+
+#: Environment variable that picks the recall encoder: unset or ``default`` (the shipped fine-tuned one),
+#: ``general`` (the general MiniLM), or a path to an ONNX export of a MiniLM-L6.
+RECALL_ENCODER_ENV = "AFTERWORD_RECALL_ENCODER"
+RECALL_ENCODER_FILE = "recall_encoder.onnx"
 
 FEATURES = (
     "cos_turn",
@@ -71,8 +103,9 @@ FEATURES = (
     "length",
 )
 
-#: Logistic-regression weights of :data:`FEATURES`, fitted on the 7 LoCoMo conversations of
-#: ``locomo_dev7.json`` (``run_locomo_heldout(...)["fitted_on_all"]``; see the module docstring).
+#: Logistic-regression weights of :data:`FEATURES` for the *general* MiniLM's vectors, fitted on the 7 LoCoMo
+#: conversations of ``locomo_dev7.json`` (``run_locomo_heldout(...)["fitted_on_all"]``). The fine-tuned recall
+#: encoder's weights are in its JSON (:func:`encoder_weights`).
 WEIGHTS: dict[str, float] = {
     "cos_turn": 0.718,
     "cos_context": 9.707,
@@ -124,8 +157,66 @@ def question_dates(question: str) -> list[tuple[str, datetime]]:
     return out
 
 
+def recall_encoder_path(choice: str | None = None) -> Path | None:
+    """The ONNX file that embeds turns and questions for recall; ``None`` means the general MiniLM.
+
+    ``choice`` (default: the :data:`RECALL_ENCODER_ENV` variable) is ``default`` or empty for the shipped
+    fine-tuned encoder (the general one if it is missing), ``general``, or a path.
+    """
+    choice = (os.environ.get(RECALL_ENCODER_ENV, "") if choice is None else choice).strip()
+    if choice.lower() == "general":
+        return None
+    if choice and choice.lower() != "default":
+        path = Path(choice)
+        if not path.is_file():
+            raise FileNotFoundError(f"{RECALL_ENCODER_ENV}={choice}: no such file (give an ONNX file, or 'general')")
+        return path
+    shipped = Path(str(resources.files("afterword.memory") / "assets" / RECALL_ENCODER_FILE))
+    return shipped if shipped.is_file() else None
+
+
+def recall_embedder(choice: str | None = None) -> Embedder:
+    """The shared :class:`~afterword.embed.Embedder` of :func:`recall_encoder_path`."""
+    return get_embedder(recall_encoder_path(choice))
+
+
+@functools.lru_cache(maxsize=8)
+def encoder_info(path: Path | None) -> dict[str, Any]:
+    """The ``.json`` beside the encoder at ``path`` (its weights and provenance); ``{}`` when there is none."""
+    meta = path.with_suffix(".json") if path is not None else None
+    if meta is None or not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{meta}: not valid JSON ({exc})") from exc
+    if not isinstance(info, dict):
+        raise ValueError(f"{meta}: expected a JSON object")
+    return info
+
+
+def encoder_weights(path: Path | None) -> dict[str, float]:
+    """The blend weights fitted for the encoder at ``path``: ``weights`` of the ``.json`` beside it when it has
+    one, else (and for the general MiniLM, ``None``) :data:`WEIGHTS`."""
+    info = encoder_info(path)
+    if not info:
+        return dict(WEIGHTS)
+    try:
+        return {f: float(info["weights"][f]) for f in FEATURES}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path.with_suffix('.json') if path else path}: field 'weights' must map each of "
+            f"{', '.join(FEATURES)} to a number"
+        ) from exc
+
+
 class TurnIndex:
-    """One user's turns, searchable by hybrid, dense-only or BM25-only scoring."""
+    """One user's turns, searchable by hybrid, dense-only or BM25-only scoring.
+
+    ``vectors`` are the turns' embeddings by ``encoder``, which also embeds the questions: by default the
+    configured recall encoder, else as :func:`recall_encoder_path` reads its ``choice`` (``"general"``,
+    ``"default"`` or an ONNX path). The blend ``weights`` default to that encoder's (:func:`encoder_weights`).
+    """
 
     def __init__(
         self,
@@ -133,11 +224,14 @@ class TurnIndex:
         vectors: np.ndarray | None = None,
         *,
         weights: Mapping[str, float] | None = None,
+        encoder: Path | str | None = None,
     ) -> None:
         self.turns = list(turns)
-        w = weights if weights is not None else WEIGHTS
+        #: The encoder's ONNX file; ``None`` is the general MiniLM.
+        self.encoder = recall_encoder_path(None if encoder is None else str(encoder))
+        w = weights if weights is not None else encoder_weights(self.encoder)
         self.weights = np.array([float(w.get(f, 0.0)) for f in FEATURES])
-        self.vecs = vectors if vectors is not None else get_embedder().encode([t.text for t in self.turns])
+        self.vecs = vectors if vectors is not None else self.embedder.encode([t.text for t in self.turns])
         n = len(self.turns)
         self.prev = np.array(
             [i - 1 if i > 0 and self.turns[i - 1].session == t.session else -1 for i, t in enumerate(self.turns)],
@@ -183,8 +277,12 @@ class TurnIndex:
         out = re.sub(r"\s+", " ", self._names.sub("", query)).strip()
         return out or query
 
+    @property
+    def embedder(self) -> Embedder:
+        return get_embedder(self.encoder)
+
     def query_vector(self, query: str) -> np.ndarray:
-        return get_embedder().encode_one(self.dense_query(query))
+        return self.embedder.encode_one(self.dense_query(query))
 
     def _bm(self, bm: BM25, query: str) -> np.ndarray:
         out = np.zeros(len(self.turns), dtype=np.float64)

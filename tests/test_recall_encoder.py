@@ -1,0 +1,177 @@
+"""The recall encoder: the shipped fine-tuned question→turn MiniLM, how it is chosen, and its weights.
+
+Real parts: the shipped ONNX file and its JSON, onnxruntime, a real SQLite store; the trainer runs on MiniLM's
+real weights (skipped without the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from afterword.embed import Embedder, get_embedder
+from afterword.memory import episodic, recall
+from afterword.memory.turns import (
+    FEATURES,
+    RECALL_ENCODER_ENV,
+    WEIGHTS,
+    Turn,
+    TurnIndex,
+    encoder_weights,
+    recall_encoder_path,
+)
+from afterword.records import Conversation, Message
+from afterword.store import Store
+
+SHIPPED = Path(__file__).parents[1] / "src" / "afterword" / "memory" / "assets" / "recall_encoder.onnx"
+
+
+@pytest.fixture
+def no_choice(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv(RECALL_ENCODER_ENV, raising=False)
+    return monkeypatch
+
+
+def test_the_shipped_encoder_is_the_default_and_general_or_a_path_can_replace_it(
+    no_choice: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = recall_encoder_path()
+    assert path is not None and path.name == "recall_encoder.onnx" and path.samefile(SHIPPED)
+    assert recall_encoder_path("general") is None
+    no_choice.setenv(RECALL_ENCODER_ENV, "general")
+    assert recall_encoder_path() is None
+    assert recall_encoder_path("default") == path  # an explicit choice wins over the variable
+    no_choice.setenv(RECALL_ENCODER_ENV, str(tmp_path / "missing.onnx"))
+    with pytest.raises(FileNotFoundError, match=f"{RECALL_ENCODER_ENV}=.*missing.onnx"):
+        recall_encoder_path()
+
+
+def test_shipped_metadata_matches_the_file_and_gives_a_weight_for_every_signal() -> None:
+    info = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert info["encoder_sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    assert info["features"] == list(FEATURES)
+    weights = encoder_weights(SHIPPED)
+    assert set(weights) == set(FEATURES) and weights != WEIGHTS
+    assert weights["cos_turn"] + weights["cos_context"] > 0  # its cosines count for, not against
+    # the held-out figure is recorded beside the baseline of the same run
+    held = info["heldout"]
+    assert held["tuned"]["n"] == held["general"]["n"] > 0
+    assert "CC BY-NC" in info["licence"]
+
+
+def test_weights_come_from_the_json_beside_an_encoder(tmp_path: Path) -> None:
+    onnx = tmp_path / "mine.onnx"
+    onnx.write_bytes(b"")
+    assert encoder_weights(onnx) == WEIGHTS  # no JSON: the general weights
+    assert encoder_weights(None) == WEIGHTS
+    other = tmp_path / "other.onnx"
+    other.with_suffix(".json").write_text(json.dumps({"weights": dict.fromkeys(FEATURES, 0.5)}))
+    assert encoder_weights(other) == dict.fromkeys(FEATURES, 0.5)
+    bad = tmp_path / "bad.onnx"
+    bad.with_suffix(".json").write_text(json.dumps({"weights": {"cos_turn": 1.0}}))
+    with pytest.raises(ValueError, match=r"bad\.json: field 'weights'"):
+        encoder_weights(bad)
+
+
+def test_shipped_encoder_is_static_int8_and_batch_independent() -> None:
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(SHIPPED)).graph
+    fused = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(fused) == 36 and all(len(n.input) == 7 and n.input[6] for n in fused)
+    emb = Embedder(model_path=SHIPPED)
+    texts = [f"I went to a support group number {i} yesterday, it was powerful." for i in range(12)]
+    one, many = emb.encode(texts, batch_size=1), emb.encode(texts, batch_size=12)
+    assert np.allclose(one, many, atol=1e-5) and np.allclose(np.linalg.norm(one, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_index_embeds_turns_and_questions_with_its_encoder(no_choice: pytest.MonkeyPatch) -> None:
+    turns = [
+        Turn("D1:1", "s1", "Ann", "I adopted a puppy named Toby last weekend."),
+        Turn("D1:2", "s1", "Bob", "Congrats! What breed is he?"),
+        Turn("D1:3", "s1", "Ann", "A beagle, he loves long walks."),
+    ]
+    tuned, general = TurnIndex(turns), TurnIndex(turns, encoder="general")
+    assert tuned.encoder is not None and general.encoder is None
+    assert np.allclose(tuned.vecs[0], get_embedder(SHIPPED).encode_one(turns[0].text), atol=1e-6)
+    assert np.allclose(general.vecs[0], get_embedder().encode_one(turns[0].text), atol=1e-6)
+    assert not np.allclose(tuned.vecs, general.vecs, atol=1e-2)
+    assert np.allclose(tuned.weights, [encoder_weights(SHIPPED)[f] for f in FEATURES])
+    assert np.allclose(general.weights, [WEIGHTS[f] for f in FEATURES])
+    for idx in (tuned, general):
+        assert idx.search("What pet did Ann adopt?", k=1)[0][0].id == "D1:1"
+
+
+def test_recall_rebuilds_a_users_index_when_the_encoder_changes(no_choice: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.import_conversations(
+        [
+            Conversation(
+                user_id="ann",
+                external_id="c1",
+                messages=[
+                    Message(role="user", content="I adopted a puppy named Toby last weekend."),
+                    Message(role="assistant", content="Congratulations! Puppies are a joy."),
+                ],
+            )
+        ]
+    )
+    try:
+        first = recall(store, "What pet did I adopt?", user_id="ann", k=1)
+        tuned, _ = episodic.user_turn_index(store, "ann")
+        no_choice.setenv(RECALL_ENCODER_ENV, "general")
+        second = recall(store, "What pet did I adopt?", user_id="ann", k=1)
+        general, _ = episodic.user_turn_index(store, "ann")
+        assert tuned.encoder is not None and general.encoder is None
+        assert first[0].text == second[0].text == "I adopted a puppy named Toby last weekend."
+        assert first[0].cosine != pytest.approx(second[0].cosine, abs=1e-3)  # each from its own vectors
+        assert np.allclose(general.vecs[0], get_embedder().encode_one(first[0].text), atol=1e-6)
+    finally:
+        episodic.drop(store)
+        store.close()
+
+
+def test_trainer_pulls_a_question_towards_its_evidence() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from afterword.memory.recall_finetune import RecallEncoderTrainer, RecallFinetuneConfig, recall_triples
+
+    turns = [
+        Turn("1", "s", "Ann", "My grandma taught me to knit scarves when I was small."),
+        Turn("2", "s", "Bob", "That sounds lovely, I never learned anything like that."),
+        Turn("3", "s", "Ann", "We drove to the coast and watched the sunrise over the sea."),
+        Turn("4", "s", "Bob", "I painted our kitchen a bright yellow colour last month."),
+    ]
+    idx = TurnIndex(turns, encoder="general")
+    q = [("Who got Ann into her craft hobby?", np.array([True, False, False, False]))]
+    q += [("What did Bob do to a room at home?", np.array([False, False, False, True]))]
+    triples = recall_triples({"u": idx}, {"u": q}, ["u"], rng=random.Random(0))
+    assert len(triples) == 2 and triples[0][0] == "Who got into her craft hobby?"  # the name taken out
+    assert all(t[2] != t[1] and t[3] == "u" for t in triples)  # the hard negative is never the evidence
+    trainer = RecallEncoderTrainer(RecallFinetuneConfig(epochs=8, lr=1e-4, batch_size=2, batching="user"))
+    before = trainer.encode([triples[0][0], triples[0][1], triples[0][2]])
+    losses = trainer.fit(triples * 4)
+    after = trainer.encode([triples[0][0], triples[0][1], triples[0][2]])
+    assert losses[-1] < losses[0]
+    margin = lambda v: float(v[0] @ v[1] - v[0] @ v[2])  # noqa: E731
+    assert margin(after) > margin(before)
+
+
+def test_a_questions_other_evidence_and_duplicates_are_not_its_negatives() -> None:
+    from afterword.memory.recall_finetune import RecallEncoderTrainer
+
+    batch = [
+        ("q1", "turn A", "turn X", "u"),
+        ("q1", "turn B", "turn A", "u"),  # q1 again, with its second evidence turn; its negative is q1's first
+        ("q2", "turn C", "turn B", "u"),
+    ]
+    mask = RecallEncoderTrainer._false_negatives(batch)
+    # columns: positives A, B, C, then negatives X, A, B
+    assert mask[0].tolist() == [False, True, False, False, True, True]  # q1's evidence, wherever it shows
+    assert mask[1].tolist() == [True, False, False, False, True, True]
+    assert mask[2].tolist() == [False, False, False, False, False, False]  # q2: every other turn is a negative
+    assert not mask[np.arange(3), np.arange(3)].any()  # a row's own positive is never masked
