@@ -38,8 +38,8 @@ one set per encoder (:func:`encoder_weights`); held-out checks are in
 
 **The encoder.** Turns and questions are embedded by the *recall encoder*
 (:func:`recall_encoder_path`): by default all-MiniLM-L6-v2 fine-tuned as a
-question→turn encoder on LoCoMo (``afterword/memory/assets``, static int8, the
-general model's cost; trained by ``scripts/train_recall_encoder.py``, weights
+question→turn encoder on LoCoMo (``afterword/memory/assets``, static int8,
+faster than the general model's dynamic int8; trained by ``scripts/train_recall_encoder.py``, weights
 in its JSON beside it). ``AFTERWORD_RECALL_ENCODER=general`` selects the
 general MiniLM (and :data:`WEIGHTS`) instead; a path selects another ONNX
 export of a MiniLM-L6, with its weights from a ``.json`` of the same name when
