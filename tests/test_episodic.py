@@ -160,6 +160,15 @@ def test_recall_cli_json(history: Store) -> None:
     }
     bad = CliRunner().invoke(app, ["--db", history.url, "memory", "recall", "x", "--user", "ana", "--mode", "x"])
     assert bad.exit_code != 0 and "--mode" in bad.output
+    # the general MiniLM on request: the same turns found, each with its own cosine
+    args = ["--db", history.url, "memory", "recall", "Which instrument?", "--user", "ana", "--k", "2", "--json"]
+    general = CliRunner().invoke(app, [*args, "--encoder", "general"])
+    assert general.exit_code == 0, general.output
+    grows = json.loads(general.output.strip().splitlines()[-1])
+    assert {r["message_id"] for r in grows} == {r["message_id"] for r in rows}
+    assert [r["cosine"] for r in grows] != [r["cosine"] for r in rows]
+    missing = CliRunner().invoke(app, [*args, "--encoder", "/nowhere/enc.onnx"])
+    assert missing.exit_code != 0 and "/nowhere/enc.onnx" in missing.output
 
 
 def test_proxy_recalls_earlier_turns_for_that_user_only(history: Store, tmp_path: Path) -> None:
