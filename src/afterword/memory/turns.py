@@ -76,7 +76,6 @@ __all__ = [
     "WEIGHTS",
     "question_dates",
     "recall_encoder_path",
-    "recall_embedder",
     "encoder_weights",
     "encoder_info",
     "RECALL_ENCODER_ENV",
@@ -173,11 +172,6 @@ def recall_encoder_path(choice: str | None = None) -> Path | None:
         return path
     shipped = Path(str(resources.files("afterword.memory") / "assets" / RECALL_ENCODER_FILE))
     return shipped if shipped.is_file() else None
-
-
-def recall_embedder(choice: str | None = None) -> Embedder:
-    """The shared :class:`~afterword.embed.Embedder` of :func:`recall_encoder_path`."""
-    return get_embedder(recall_encoder_path(choice))
 
 
 @functools.lru_cache(maxsize=8)
