@@ -128,6 +128,13 @@ def test_locomo(store: Store, tmp_path: Path) -> None:
             "session_10": [{"speaker": "Caroline", "dia_id": "D10:1", "text": "late session"}],
         },
         "qa": [{"question": "When did Caroline go?", "answer": "7 May 2023", "evidence": ["D1:1"], "category": 2}],
+        "observation": {
+            "session_1_observation": {
+                "Caroline": [["Caroline went to a support group.", "D1:1"]],
+                "Melanie": [["Melanie shared a sunset photo.", ["D1:2", "D2:1"]], ["malformed"]],
+            },
+            "session_2_observation": "not a mapping",
+        },
     }
     path = tmp_path / "locomo10.json"
     path.write_text(json.dumps([sample]), encoding="utf-8")
@@ -142,9 +149,15 @@ def test_locomo(store: Store, tmp_path: Path) -> None:
     assert store.get_conversation("conv-7:session_2").messages[0].role == "assistant"
     assert store.get_conversation("conv-7:session_10").messages[0].content == "late session"
 
-    from afterword.importers.locomo import load_qa
+    from afterword.importers.locomo import load_observations, load_qa
 
     assert load_qa(path)[0]["sample_id"] == "conv-7"
+    obs = load_observations(path)  # statements with the turns they rest on; malformed entries skipped
+    assert [(o["speaker"], o["text"], o["evidence"]) for o in obs] == [
+        ("Caroline", "Caroline went to a support group.", ["D1:1"]),
+        ("Melanie", "Melanie shared a sunset photo.", ["D1:2", "D2:1"]),
+    ]
+    assert {o["sample_id"] for o in obs} == {"conv-7"} and obs[0]["session"] == "session_1_observation"
 
 
 GOOD = {"user": "u1", "session_id": "ok-{n}", "messages": [{"role": "user", "content": "hi {n}"}]}

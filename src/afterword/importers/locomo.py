@@ -22,7 +22,7 @@ from typing import Any
 from afterword.errors import ImportRecordError
 from afterword.records import Conversation, Message
 
-__all__ = ["parse", "load_qa", "parse_locomo_time"]
+__all__ = ["parse", "load_qa", "load_observations", "parse_locomo_time"]
 
 
 def parse_locomo_time(s: str | None) -> datetime | None:
@@ -101,4 +101,23 @@ def load_qa(path: str | Path) -> list[dict[str, Any]]:
         sid = str(sample.get("sample_id", f"locomo-{i}"))
         for q in sample.get("qa", []):
             out.append({"sample_id": sid, **q})
+    return out
+
+
+def load_observations(path: str | Path) -> list[dict[str, Any]]:
+    """The annotators' per-session observations, each a statement with the turn(s) it rests on:
+    ``{sample_id, session, speaker, text, evidence}`` (``evidence`` as given: a dia_id or a list of them)."""
+    out = []
+    for i, sample in enumerate(_load(path)):
+        sid = str(sample.get("sample_id", f"locomo-{i}"))
+        for session, by_speaker in (sample.get("observation") or {}).items():
+            if not isinstance(by_speaker, dict):
+                continue
+            for speaker, items in by_speaker.items():
+                for item in items or []:
+                    if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str):
+                        ev = item[1] if isinstance(item[1], list) else [item[1]]
+                        out.append(
+                            {"sample_id": sid, "session": session, "speaker": speaker, "text": item[0], "evidence": ev}
+                        )
     return out
