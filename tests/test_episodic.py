@@ -96,7 +96,7 @@ def test_recall_sees_new_messages_and_reembeds_only_them(history: Store) -> None
     assert hit.text == "We moved to Lisbon in April."
     after = episodic._cache[_key(history, "ana")].vectors
     assert len(after) == len(before) + 2
-    assert all(after[mid] is vec for mid, vec in before.items())  # earlier turns were not embedded again
+    assert all(after[key] is vec for key, vec in before.items())  # earlier turns were not embedded again
 
 
 def test_forgetting_a_user_leaves_nothing_to_recall(history: Store) -> None:

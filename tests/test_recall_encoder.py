@@ -22,8 +22,10 @@ from afterword.memory.turns import (
     WEIGHTS,
     Turn,
     TurnIndex,
+    encoder_document,
     encoder_weights,
     recall_encoder_path,
+    turn_documents,
 )
 from afterword.records import Conversation, Message
 from afterword.store import Store
@@ -78,6 +80,59 @@ def test_weights_come_from_the_json_beside_an_encoder(tmp_path: Path) -> None:
         encoder_weights(bad)
 
 
+def test_a_window_document_is_the_turn_then_the_previous_turn_of_its_session(tmp_path: Path) -> None:
+    turns = [
+        Turn("a", "s1", "Ann", "Did you go to the parade?"),
+        Turn("b", "s1", "Bob", "Yes, it was amazing."),
+        Turn("c", "s2", "Bob", "Hi again!"),
+    ]
+    assert turn_documents(turns) == [t.text for t in turns]
+    assert turn_documents(turns, "window") == [
+        "Did you go to the parade?",
+        "Yes, it was amazing. [SEP] Did you go to the parade?",
+        "Hi again!",  # a new session: no previous turn
+    ]
+    with pytest.raises(ValueError, match="document kind"):
+        turn_documents(turns, "paragraph")
+    assert encoder_document(None) == "turn"
+    mine = tmp_path / "mine.onnx"
+    mine.with_suffix(".json").write_text(json.dumps({"document": "window"}))
+    assert encoder_document(mine) == "window"
+    bad = tmp_path / "bad.onnx"
+    bad.with_suffix(".json").write_text(json.dumps({"document": "page"}))
+    with pytest.raises(ValueError, match=r"bad\.json: field 'document'"):
+        encoder_document(bad)
+
+
+def test_recall_embeds_what_a_window_encoder_reads_and_re_embeds_a_turn_whose_text_changed(
+    no_choice: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    window = tmp_path / "window.onnx"
+    window.write_bytes(SHIPPED.read_bytes())
+    window.with_suffix(".json").write_text(json.dumps({"document": "window", "weights": encoder_weights(SHIPPED)}))
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    first, second = "Did you go to the parade on Saturday?", "Yes! It was loud and full of colour."
+    store.import_conversations(
+        [
+            Conversation(
+                user_id="ann",
+                external_id="c1",
+                messages=[Message(role="assistant", content=first), Message(role="user", content=second)],
+            )
+        ]
+    )
+    try:
+        hits = recall(store, "How was the parade?", user_id="ann", k=2, encoder=str(window))
+        idx, rows = episodic.user_turn_index(store, "ann", str(window))
+        assert idx.document == "window" and {h.text for h in hits} == {first, second}
+        emb = get_embedder(window)
+        assert np.allclose(idx.vecs[1], emb.encode_one(f"{second} [SEP] {first}"), atol=1e-6)
+        assert not np.allclose(idx.vecs[1], emb.encode_one(second), atol=1e-3)
+    finally:
+        episodic.drop(store)
+        store.close()
+
+
 def test_shipped_encoder_is_static_int8_and_batch_independent() -> None:
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(str(SHIPPED)).graph
@@ -97,7 +152,8 @@ def test_the_index_embeds_turns_and_questions_with_its_encoder(no_choice: pytest
     ]
     tuned, general = TurnIndex(turns), TurnIndex(turns, encoder="general")
     assert tuned.encoder is not None and general.encoder is None
-    assert np.allclose(tuned.vecs[0], get_embedder(SHIPPED).encode_one(turns[0].text), atol=1e-6)
+    docs = turn_documents(turns, encoder_document(SHIPPED))
+    assert np.allclose(tuned.vecs, get_embedder(SHIPPED).encode(docs), atol=1e-6)
     assert np.allclose(general.vecs[0], get_embedder().encode_one(turns[0].text), atol=1e-6)
     assert not np.allclose(tuned.vecs, general.vecs, atol=1e-2)
     assert np.allclose(tuned.weights, [encoder_weights(SHIPPED)[f] for f in FEATURES])

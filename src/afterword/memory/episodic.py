@@ -42,7 +42,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from afterword.embed import EMBED_DIM, get_embedder
-from afterword.memory.turns import Turn, TurnIndex, recall_encoder_path
+from afterword.memory.turns import Turn, TurnIndex, encoder_document, recall_encoder_path, turn_documents
 from afterword.store import schema as t
 from afterword.store.store import Store, aware
 
@@ -82,7 +82,7 @@ class _Entry:
     fingerprint: tuple[Any, ...]
     index: TurnIndex
     rows: list[Any]  # message rows, in index order
-    vectors: dict[str, np.ndarray]  # message id -> vector
+    vectors: dict[tuple[str, str], np.ndarray]  # (message id, the text the encoder read) -> vector
 
 
 _cache: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
@@ -143,14 +143,17 @@ def _refresh(
                 _cache.move_to_end(key)
                 return entry.index, entry.rows
         rows = _rows(conn, user_id)
-    known = entry.vectors if entry is not None else {}
-    new = [r for r in rows if r.id not in known]
-    vectors = {r.id: known[r.id] for r in rows if r.id in known}
-    if new:
-        enc = get_embedder(encoder).encode([r.content for r in new])
-        vectors.update({r.id: v for r, v in zip(new, enc, strict=True)})
     turns = [Turn(r.id, r.conversation_id, _speaker(r), r.content, aware(r.created_utc)) for r in rows]
-    mat = np.stack([vectors[r.id] for r in rows]) if rows else np.zeros((0, EMBED_DIM), np.float32)
+    # a turn's vector is keyed by what the encoder read (with a window encoder, the previous turn too): an edited
+    # message, or one whose predecessor changed, is embedded again; nothing else is
+    keys = list(zip([r.id for r in rows], turn_documents(turns, encoder_document(encoder)), strict=True))
+    known = entry.vectors if entry is not None else {}
+    new = [k for k in keys if k not in known]
+    vectors = {k: known[k] for k in keys if k in known}
+    if new:
+        enc = get_embedder(encoder).encode([doc for _, doc in new])
+        vectors.update({k: v for k, v in zip(new, enc, strict=True)})
+    mat = np.stack([vectors[k] for k in keys]) if rows else np.zeros((0, EMBED_DIM), np.float32)
     index = TurnIndex(turns, mat, encoder=encoder if encoder is not None else "general")
     with _lock:
         _cache[key] = _Entry(fp, index, rows, vectors)

@@ -4,15 +4,19 @@ The general all-MiniLM-L6-v2 was trained to put paraphrases together; a
 question about a past conversation ("When did Caroline go to the support
 group?") and the turn that answers it ("I went to a LGBTQ support group
 yesterday") are not paraphrases. :class:`RecallEncoderTrainer` fine-tunes it on
-(question, evidence turn) pairs with the multiple-negatives ranking loss: the
+(query, evidence turn) pairs with the multiple-negatives ranking loss: the
 other turns of the batch are negatives, plus one hard negative a pair (a
-non-evidence turn the general hybrid ranks in its top 15).
+non-evidence turn the general hybrid ranks in its top 15). A query is a
+question, or an annotator's observation (a statement such as "Caroline
+attended an LGBTQ support group", with the turn it rests on): both ask the
+encoder to find the turn a fact came from.
 
-``scripts/train_recall_encoder.py`` trains the shipped encoder with it, and
-``bench/locomo_finetune.py`` measures it on held-out conversations. Questions
-are embedded as :meth:`~afterword.memory.turns.TurnIndex.dense_query` gives
-them (the speakers' names taken out) and turns as their text alone, exactly
-as recall embeds them.
+``scripts/train_recall_encoder.py`` trains the shipped encoder with it and
+measures it on held-out conversations. Queries are embedded as
+:meth:`~afterword.memory.turns.TurnIndex.dense_query` gives them (the
+speakers' names taken out) and turns as
+:func:`~afterword.memory.turns.turn_documents` writes them for the encoder
+(by default their text alone), exactly as recall embeds them.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ Triple = tuple[str, str, str, str]  # question as embedded, evidence turn, hard 
 class RecallFinetuneConfig:
     """Hyper-parameters; the defaults trained the shipped encoder. Chosen on the out-of-fold check of
     ``scripts/train_recall_encoder.py`` among 2 / 3 / 4 epochs at lr 3e-5, 2 epochs at 5e-5, and per-user
-    batches (R@5 0.749 / 0.758 / 0.759, 0.751, 0.754; the shipped run, with the false-negative mask, 0.753;
-    docs/benchmarks.md)."""
+    batches (R@5 0.749 / 0.758 / 0.759, 0.751, 0.754; with the false-negative mask, 0.753); with observations
+    added to the pairs, batch 64 and window documents gave no more (docs/benchmarks.md)."""
 
     epochs: int = 3
     lr: float = 3e-5
@@ -59,17 +63,20 @@ def recall_triples(
     *,
     pool: int = 15,
     rng: random.Random | None = None,
+    documents: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Triple]:
     """One (question, evidence turn, hard negative, user) per evidence turn of every question of ``users``.
 
     ``questions[user]`` holds (question, evidence mask over that user's indexed turns). The hard
     negative is drawn from the turns the index's own hybrid ranks in its top ``pool`` that are not
-    evidence (a question whose top ``pool`` is all evidence gets a random other turn).
+    evidence (a question whose top ``pool`` is all evidence gets a random other turn). Turns are written as
+    ``documents[user]`` gives them (default: their text alone).
     """
     rng = rng or random.Random(0)
     out: list[Triple] = []
     for u in users:
         idx = indexes[u]
+        docs = documents[u] if documents is not None else [t.text for t in idx.turns]
         for question, mask in questions[u]:
             negatives = [int(i) for i in np.argsort(-idx.scores(question), kind="stable")[:pool] if not mask[i]]
             if not negatives:
@@ -78,7 +85,7 @@ def recall_triples(
                 continue
             query = idx.dense_query(question)
             for i in np.flatnonzero(mask):
-                out.append((query, idx.turns[int(i)].text, idx.turns[rng.choice(negatives)].text, u))
+                out.append((query, docs[int(i)], docs[rng.choice(negatives)], u))
     return out
 
 

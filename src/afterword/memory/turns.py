@@ -78,6 +78,9 @@ __all__ = [
     "recall_encoder_path",
     "encoder_weights",
     "encoder_info",
+    "encoder_document",
+    "turn_documents",
+    "DOCUMENT_KINDS",
     "RECALL_ENCODER_ENV",
 ]
 
@@ -156,6 +159,24 @@ def question_dates(question: str) -> list[tuple[str, datetime]]:
     return out
 
 
+#: How a turn is written for its encoder: ``turn`` (its text alone) or ``window`` (its text, then ``[SEP]`` and the
+#: previous turn of the same session, which is often the question it answers). An encoder's JSON names its kind.
+DOCUMENT_KINDS = ("turn", "window")
+
+
+def turn_documents(turns: Sequence[Turn], kind: str = "turn") -> list[str]:
+    """The texts the encoder embeds for ``turns`` (in conversation order), as :data:`DOCUMENT_KINDS` describes."""
+    if kind not in DOCUMENT_KINDS:
+        raise ValueError(f"document kind must be one of {', '.join(DOCUMENT_KINDS)}, not {kind!r}")
+    if kind == "turn":
+        return [t.text for t in turns]
+    out = []
+    for i, t in enumerate(turns):
+        prev = turns[i - 1] if i > 0 and turns[i - 1].session == t.session else None
+        out.append(f"{t.text} [SEP] {prev.text}" if prev is not None else t.text)
+    return out
+
+
 def recall_encoder_path(choice: str | None = None) -> Path | None:
     """The ONNX file that embeds turns and questions for recall; ``None`` means the general MiniLM.
 
@@ -187,6 +208,16 @@ def encoder_info(path: Path | None) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise ValueError(f"{meta}: expected a JSON object")
     return info
+
+
+def encoder_document(path: Path | None) -> str:
+    """How the encoder at ``path`` reads a turn (:data:`DOCUMENT_KINDS`): ``document`` of its ``.json``, else
+    ``turn`` (the general MiniLM, and encoders trained before window documents existed)."""
+    kind = encoder_info(path).get("document", "turn")
+    if kind not in DOCUMENT_KINDS:
+        meta = path.with_suffix(".json") if path else path
+        raise ValueError(f"{meta}: field 'document' must be one of {', '.join(DOCUMENT_KINDS)}, not {kind!r}")
+    return str(kind)
 
 
 def encoder_weights(path: Path | None) -> dict[str, float]:
@@ -225,7 +256,11 @@ class TurnIndex:
         self.encoder = recall_encoder_path(None if encoder is None else str(encoder))
         w = weights if weights is not None else encoder_weights(self.encoder)
         self.weights = np.array([float(w.get(f, 0.0)) for f in FEATURES])
-        self.vecs = vectors if vectors is not None else self.embedder.encode([t.text for t in self.turns])
+        #: How the encoder reads a turn (:func:`turn_documents`).
+        self.document = encoder_document(self.encoder)
+        if vectors is None:
+            vectors = self.embedder.encode(turn_documents(self.turns, self.document))
+        self.vecs = vectors
         n = len(self.turns)
         self.prev = np.array(
             [i - 1 if i > 0 and self.turns[i - 1].session == t.session else -1 for i, t in enumerate(self.turns)],
