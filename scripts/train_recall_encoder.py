@@ -9,8 +9,9 @@ as static int8 ONNX (``recall_encoder.onnx``), with the hybrid's blend weights f
 ``recall_encoder.json``. Only questions are ever scored.
 
 Those weights must not come from features the encoder was trained on (its cosines there are too good). So first,
-out of fold: the samples are split in two halves; an encoder trained on one half (and quantised the same way)
-embeds the other half, and the hybrid's 13 signals are computed from those vectors. The shipped weights are a
+out of fold: the samples are split into ``--folds`` groups (default 2, halves; the number of samples is leave one
+out); an encoder trained on the other groups (and quantised the same way) embeds each group, and the hybrid's 13
+signals are computed from those vectors. The shipped weights are a
 logistic regression on these out-of-fold signals of all samples.
 
 The held-out figure (printed and stored in the JSON) uses the same out-of-fold signals, each sample ranked with
@@ -78,6 +79,13 @@ def main() -> None:
         help="Also train on the annotators' observations (statement → the turn it rests on) of the training samples.",
     )
     ap.add_argument(
+        "--folds",
+        type=int,
+        default=2,
+        help="Out-of-fold split: the samples in this many contiguous groups, each embedded by an encoder trained on "
+        "the rest (2: halves; the number of samples: leave one out).",
+    )
+    ap.add_argument(
         "--save-vectors",
         type=Path,
         default=None,
@@ -129,11 +137,14 @@ def main() -> None:
 
     base_rows = [r for u in users for r in rows_of(u, indexes[u])]
     oof_rows = []
-    half = (len(users) + 1) // 2
+    if not 2 <= args.folds <= len(users):
+        ap.error(f"--folds must be between 2 and the number of samples ({len(users)}), not {args.folds}")
+    groups = [list(g) for g in np.array_split(np.array(users, dtype=object), args.folds)]
+    splits = [([u for g in groups if g is not test for u in g], test) for test in groups]
     folds = []
     saved: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (train, test) in enumerate(((users[half:], users[:half]), (users[:half], users[half:]))):
+        for n, (train, test) in enumerate(splits):
             t0 = time.perf_counter()
             trainer = RecallEncoderTrainer(cfg)
             triples = recall_triples(
@@ -172,6 +183,7 @@ def main() -> None:
             "finetune": asdict(cfg),
             "observations": args.observations,
             "document": args.document,
+            "fold_count": args.folds,
             "folds": folds,
             **heldout,
             "command": " ".join(["python", *sys.argv]),
@@ -208,8 +220,9 @@ def main() -> None:
         "the training turns and questions (afterword.judge.quantize)",
         "encoder_sha256": sha256(onnx_path),
         "heldout": {
-            "protocol": "two halves; each half embedded by an encoder trained on the other (int8, as shipped); "
-            "each sample ranked with blend weights fitted on the other samples' out-of-fold signals",
+            "protocol": f"{args.folds} folds of contiguous samples; each fold embedded by an encoder trained on the "
+            "others (int8, as shipped); each sample ranked with blend weights fitted on the other samples' "
+            "out-of-fold signals",
             "folds": folds,
             **heldout,
         },
