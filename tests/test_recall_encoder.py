@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,24 @@ def test_recall_embeds_what_a_window_encoder_reads_and_re_embeds_a_turn_whose_te
         emb = get_embedder(window)
         assert np.allclose(idx.vecs[1], emb.encode_one(f"{second} [SEP] {first}"), atol=1e-6)
         assert not np.allclose(idx.vecs[1], emb.encode_one(second), atol=1e-3)
+        # a later session pushes the first turn out of the latest MAX_TURNS: the second turn now has no previous
+        # turn, so what the encoder reads for it changed, and its cached vector must not be reused
+        no_choice.setattr(episodic, "MAX_TURNS", 2)
+        third = "I finally fixed the bike."
+        store.import_conversations(
+            [
+                Conversation(
+                    user_id="ann",
+                    external_id="c2",
+                    started_utc=datetime(2030, 1, 1, tzinfo=UTC),
+                    messages=[Message(role="user", content=third)],
+                )
+            ]
+        )
+        idx, rows = episodic.user_turn_index(store, "ann", str(window))
+        assert [r.content for r in rows] == [second, third]
+        assert np.allclose(idx.vecs[0], emb.encode_one(second), atol=1e-6)
+        assert np.allclose(idx.vecs[1], emb.encode_one(third), atol=1e-6)
     finally:
         episodic.drop(store)
         store.close()

@@ -144,8 +144,8 @@ def _refresh(
                 return entry.index, entry.rows
         rows = _rows(conn, user_id)
     turns = [Turn(r.id, r.conversation_id, _speaker(r), r.content, aware(r.created_utc)) for r in rows]
-    # a turn's vector is keyed by what the encoder read (with a window encoder, the previous turn too): an edited
-    # message, or one whose predecessor changed, is embedded again; nothing else is
+    # a turn's vector is keyed by what the encoder read (with a window encoder, the previous turn too): a turn
+    # whose document changed (its previous turn fell out of the latest MAX_TURNS) is embedded again; nothing else is
     keys = list(zip([r.id for r in rows], turn_documents(turns, encoder_document(encoder)), strict=True))
     known = entry.vectors if entry is not None else {}
     new = [k for k in keys if k not in known]
