@@ -62,7 +62,7 @@ def parse(path: str | Path) -> Iterator[Conversation]:
         if not isinstance(conv, dict):
             yield ImportRecordError(p, i + 1, f"[{i}].conversation", "missing")  # type: ignore[misc]
             continue
-        user = str(sample.get("sample_id", f"locomo-{i}"))
+        user = _sample_id(sample, i)
         a = conv.get("speaker_a")
         keys = sorted((k for k in conv if re.fullmatch(r"session_\d+", k)), key=lambda k: int(k.split("_")[1]))
         for k in keys:
@@ -94,11 +94,17 @@ def parse(path: str | Path) -> Iterator[Conversation]:
                 )
 
 
+def _sample_id(sample: dict[str, Any], i: int) -> str:
+    """The user a sample becomes (its ``sample_id``, else its position): the same for turns, questions and
+    observations."""
+    return str(sample.get("sample_id", f"locomo-{i}"))
+
+
 def load_qa(path: str | Path) -> list[dict[str, Any]]:
     """All questions: ``{sample_id, question, answer, evidence, category}``."""
     out = []
     for i, sample in enumerate(_load(path)):
-        sid = str(sample.get("sample_id", f"locomo-{i}"))
+        sid = _sample_id(sample, i)
         for q in sample.get("qa", []):
             out.append({"sample_id": sid, **q})
     return out
@@ -109,7 +115,7 @@ def load_observations(path: str | Path) -> list[dict[str, Any]]:
     ``{sample_id, session, speaker, text, evidence}`` (``evidence`` as given: a dia_id or a list of them)."""
     out = []
     for i, sample in enumerate(_load(path)):
-        sid = str(sample.get("sample_id", f"locomo-{i}"))
+        sid = _sample_id(sample, i)
         for session, by_speaker in (sample.get("observation") or {}).items():
             if not isinstance(by_speaker, dict):
                 continue

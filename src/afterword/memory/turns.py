@@ -80,6 +80,7 @@ __all__ = [
     "encoder_info",
     "encoder_document",
     "turn_documents",
+    "previous_in_session",
     "DOCUMENT_KINDS",
     "RECALL_ENCODER_ENV",
 ]
@@ -164,17 +165,19 @@ def question_dates(question: str) -> list[tuple[str, datetime]]:
 DOCUMENT_KINDS = ("turn", "window")
 
 
+def previous_in_session(turns: Sequence[Turn]) -> list[int]:
+    """For each turn (in conversation order), the index of the turn before it in the same session, or -1."""
+    return [i - 1 if i > 0 and turns[i - 1].session == t.session else -1 for i, t in enumerate(turns)]
+
+
 def turn_documents(turns: Sequence[Turn], kind: str = "turn") -> list[str]:
     """The texts the encoder embeds for ``turns`` (in conversation order), as :data:`DOCUMENT_KINDS` describes."""
     if kind not in DOCUMENT_KINDS:
         raise ValueError(f"document kind must be one of {', '.join(DOCUMENT_KINDS)}, not {kind!r}")
     if kind == "turn":
         return [t.text for t in turns]
-    out = []
-    for i, t in enumerate(turns):
-        prev = turns[i - 1] if i > 0 and turns[i - 1].session == t.session else None
-        out.append(f"{t.text} [SEP] {prev.text}" if prev is not None else t.text)
-    return out
+    prev = previous_in_session(turns)
+    return [f"{t.text} [SEP] {turns[j].text}" if j >= 0 else t.text for t, j in zip(turns, prev, strict=True)]
 
 
 def recall_encoder_path(choice: str | None = None) -> Path | None:
@@ -262,10 +265,7 @@ class TurnIndex:
             vectors = self.embedder.encode(turn_documents(self.turns, self.document))
         self.vecs = vectors
         n = len(self.turns)
-        self.prev = np.array(
-            [i - 1 if i > 0 and self.turns[i - 1].session == t.session else -1 for i, t in enumerate(self.turns)],
-            dtype=np.int64,
-        )
+        self.prev = np.array(previous_in_session(self.turns), dtype=np.int64)
         self.next = np.array(
             [i + 1 if i + 1 < n and self.turns[i + 1].session == t.session else -1 for i, t in enumerate(self.turns)],
             dtype=np.int64,
