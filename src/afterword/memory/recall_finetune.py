@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from afterword.embed import EMBED_DIM
-from afterword.memory.turns import TurnIndex
+from afterword.memory.turns import TurnIndex, turn_documents
 
 __all__ = ["RecallFinetuneConfig", "RecallEncoderTrainer", "recall_triples"]
 
@@ -76,7 +76,7 @@ def recall_triples(
     out: list[Triple] = []
     for u in users:
         idx = indexes[u]
-        docs = documents[u] if documents is not None else [t.text for t in idx.turns]
+        docs = documents[u] if documents is not None else turn_documents(idx.turns)
         for question, mask in questions[u]:
             negatives = [int(i) for i in np.argsort(-idx.scores(question), kind="stable")[:pool] if not mask[i]]
             if not negatives:
