@@ -9,7 +9,8 @@ The hybrid runs on the configured recall encoder (AFTERWORD_RECALL_ENCODER; by d
 shipped in afterword/memory/assets), and, as one more baseline, on the general MiniLM in the same pass. When
 the encoder was trained on the file's samples (the shipped one was trained on locomo_dev7.json) the hybrid's
 figures are in-sample for it: the script says so and prints the held-out figure recorded by
-scripts/train_recall_encoder.py.
+scripts/train_recall_encoder.py. With a recall reranker (AFTERWORD_RECALL_RERANKER=PATH; none ships) the hybrid
+is reranked, and the hybrid without it runs beside it; its held-out figure is scripts/train_recall_reranker.py's.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
         print(json.dumps(res))
         return
     print(f"LoCoMo evidence retrieval: {res['samples']} samples, {res['turns']} turns, {res['questions']} questions")
-    names = {"hybrid_general": "hybrid, general MiniLM"}
+    names = {"hybrid_general": "hybrid, general MiniLM", "hybrid_no_rerank": "hybrid, no reranker"}
     rows = [("hybrid (afterword)", res)] + [(names.get(k, f"{k}-only"), v) for k, v in res["baselines"].items()]
     print(f"{'method':24s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'search p95':>10s}")
     for name, r in rows:
@@ -66,6 +67,15 @@ def main() -> None:
             "figures above are in-sample for it. Held out (scripts/train_recall_encoder.py: encoder and weights "
             f"never saw the ranked sample): R@5 {held.get('tuned', float('nan')):.3f}, against "
             f"{held.get('general', float('nan')):.3f} for the general MiniLM in the same protocol."
+        )
+    rr = res.get("reranker")
+    print(f"reranker: {rr['name']} ({rr['version']})" if rr else "reranker: off")
+    if rr and rr["trained_on_these_samples"]:
+        held = rr["heldout_recall_at_5"]
+        print(
+            f"  NOTE: it was trained on {len(rr['trained_on_these_samples'])} of these samples too. Held out "
+            f"(scripts/train_recall_reranker.py): reranked R@5 {held.get('reranked', float('nan')):.3f}, its "
+            f"hybrid {held.get('hybrid', float('nan')):.3f}."
         )
     if "heldout" in res:
         h = res["heldout"]

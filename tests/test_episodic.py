@@ -169,6 +169,11 @@ def test_recall_cli_json(history: Store) -> None:
     assert [r["cosine"] for r in grows] != [r["cosine"] for r in rows]
     missing = CliRunner().invoke(app, [*args, "--encoder", "/nowhere/enc.onnx"])
     assert missing.exit_code != 0 and "/nowhere/enc.onnx" in missing.output
+    # a reranker is named the same way (none ships); a missing one is a clear error, "off" is the hybrid's order
+    missing = CliRunner().invoke(app, [*args, "--reranker", "/nowhere/rr.onnx"])
+    assert missing.exit_code != 0 and "/nowhere/rr.onnx" in missing.output
+    off = CliRunner().invoke(app, [*args, "--reranker", "off"])
+    assert [r["message_id"] for r in json.loads(off.output.strip().splitlines()[-1])] == [r["message_id"] for r in rows]
 
 
 def test_proxy_recalls_earlier_turns_for_that_user_only(history: Store, tmp_path: Path) -> None:

@@ -83,7 +83,8 @@ def locomo_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="locomo JSON (e.g. locomo_dev7.json)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """LoCoMo evidence retrieval: recall@1/5/10 and latency vs BM25-only, dense-only and the general MiniLM."""
+    """LoCoMo evidence retrieval: recall@1/5/10 and latency vs BM25-only, dense-only, the hybrid without the
+    reranker and the general MiniLM."""
     from afterword.memory.bench import run_locomo_bench
 
     with guard(as_json):
@@ -100,6 +101,14 @@ def locomo_cmd(
             f"[yellow]The recall encoder ({enc['name']}) was trained on {len(enc['trained_on_these_samples'])} of "
             "these samples: afterword's figures here are in-sample. Held out (encoder and weights never saw the "
             f"ranked conversation): recall@5 {held.get('tuned')}, general MiniLM {held.get('general')}.[/yellow]"
+        )
+    rr = res.get("reranker")
+    if rr and rr["trained_on_these_samples"]:
+        held = rr["heldout_recall_at_5"]
+        console.print(
+            f"[yellow]The reranker ({rr['name']}) was trained on {len(rr['trained_on_these_samples'])} of these "
+            f"samples too. Held out, reranked: recall@5 {held.get('reranked')} (its hybrid {held.get('hybrid')})."
+            "[/yellow]"
         )
 
 

@@ -173,13 +173,27 @@ def recall_cmd(
         help="Recall encoder: 'default' (the shipped fine-tuned one), 'general' (plain MiniLM) or an ONNX path. "
         "Default: $AFTERWORD_RECALL_ENCODER, else 'default'.",
     ),
+    reranker: str = typer.Option(
+        None,
+        "--reranker",
+        help="Cross-encoder that rescores the hybrid's best turns: 'default' (the shipped one), 'off' or an ONNX "
+        "path. Default: $AFTERWORD_RECALL_RERANKER, else 'default'.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """The turns of a user's earlier conversations that best answer a question (raw text, this user only)."""
     if mode not in ("hybrid", "dense", "bm25"):
         fail("--mode must be hybrid, dense or bm25", as_json)
     with guard(as_json):
-        found = recall(open_store(), query, user_id=user, k=k, mode=mode, encoder=encoder)  # type: ignore[arg-type]
+        found = recall(
+            open_store(),
+            query,
+            user_id=user,
+            k=k,
+            mode=mode,  # type: ignore[arg-type]
+            encoder=encoder,
+            rerank=reranker,
+        )
         hits = [h.as_dict() for h in found]
 
     def render(rows: list[dict[str, Any]]) -> None:

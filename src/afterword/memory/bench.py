@@ -34,6 +34,7 @@ import numpy as np
 
 from afterword.importers.locomo import load_qa, parse
 from afterword.memory.episodic import drop, recall, user_turn_index
+from afterword.memory.rerank import get_reranker, reranker_path
 from afterword.memory.turns import FEATURES, TurnIndex, encoder_info
 from afterword.store.store import Store
 
@@ -250,6 +251,20 @@ def _encoder_summary(path: Path | None, users: list[str]) -> dict[str, Any]:
     }
 
 
+def _reranker_summary(path: Path | None, users: list[str]) -> dict[str, Any] | None:
+    """Which reranker ran, whether it was trained on these samples, and its recorded held-out figure."""
+    if path is None:
+        return None
+    info = get_reranker(path).info
+    held = info.get("heldout", {})
+    return {
+        "name": path.name,
+        "version": info.get("version"),
+        "trained_on_these_samples": sorted(set(users) & set(info.get("trained_on", {}).get("samples", []))),
+        "heldout_recall_at_5": {k: held[k]["recall_at_5"] for k in ("reranked", "hybrid") if k in held},
+    }
+
+
 def run_locomo_bench(
     path: str | Path,
     *,
@@ -261,8 +276,13 @@ def run_locomo_bench(
     """Recall@1/5/10 of evidence turns, overall and per category, with p50/p95 latency per mode.
 
     With ``general_baseline`` and a recall encoder other than the general MiniLM, the hybrid on the general
-    MiniLM runs in the same pass as one more baseline (``hybrid_general``)."""
+    MiniLM runs in the same pass as one more baseline (``hybrid_general``). With a recall reranker configured
+    (:mod:`afterword.memory.rerank`), ``hybrid`` is reranked and the hybrid without it runs beside it
+    (``hybrid_no_rerank``)."""
+    reranker = reranker_path() if "hybrid" in modes else None
     with _load(path, limit_samples, progress, general_baseline) as data:
+        if reranker is not None:
+            modes = (*modes, "hybrid_no_rerank")
         if data.general:
             modes = (*modes, "hybrid_general")
         rec: dict[str, dict[int, list[float]]] = {md: {k: [] for k in _KS} for md in modes}
@@ -276,11 +296,21 @@ def run_locomo_bench(
             ev = set(normalise_evidence(q["evidence"]))
             u = q["sample_id"]
             for md in modes:
-                mode, enc, idx = md, None, data.indexes[u]
+                mode, enc, idx, rerank = md, None, data.indexes[u], None
+                if md == "hybrid_no_rerank":
+                    mode, rerank = "hybrid", False
                 if md == "hybrid_general":
-                    mode, enc, idx = "hybrid", "general", data.general[u]
+                    mode, enc, idx, rerank = "hybrid", "general", data.general[u], False
                 t1 = time.perf_counter()
-                hits = recall(data.store, q["question"], user_id=u, k=max(_KS), mode=mode, encoder=enc)  # type: ignore[arg-type]
+                hits = recall(
+                    data.store,
+                    q["question"],
+                    user_id=u,
+                    k=max(_KS),
+                    mode=mode,  # type: ignore[arg-type]
+                    encoder=enc,
+                    rerank=rerank,
+                )
                 lat[md].append((time.perf_counter() - t1) * 1000)
                 search_lat[md].append(_search_ms(idx, q["question"], mode))
                 got = [str(h.metadata.get("dia_id")) for h in hits]
@@ -324,6 +354,7 @@ def run_locomo_bench(
         "hit_at": main["hit_at"],
         "method": modes[0],
         "encoder": _encoder_summary(indexes[users[0]].encoder if users else None, users),
+        "reranker": _reranker_summary(reranker, users),
         "samples": len(users),
         "questions": len(questions),
         "turns": sum(len(indexes[u]) for u in users),

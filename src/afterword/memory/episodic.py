@@ -8,7 +8,10 @@ and its neighbours, its session, the speaker and the date the question names,
 in a learned blend. Turns and questions are embedded by the recall encoder
 (:func:`~afterword.memory.turns.recall_encoder_path`: by default MiniLM
 fine-tuned on question→turn pairs, the general MiniLM with
-``AFTERWORD_RECALL_ENCODER=general``; each keeps its own cached index). This
+``AFTERWORD_RECALL_ENCODER=general``; each keeps its own cached index). The
+hybrid's best turns can then be rescored by a recall reranker, a cross-encoder
+(:mod:`afterword.memory.rerank`; none ships, ``AFTERWORD_RECALL_RERANKER`` or
+``rerank=`` names one). This
 is the retrieval the LoCoMo benchmark measures
 (``afterword bench locomo``): the benchmark imports the file into a store and
 asks through this function.
@@ -31,6 +34,7 @@ finishes for the next one.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,6 +46,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from afterword.embed import EMBED_DIM, get_embedder
+from afterword.memory.rerank import get_reranker, rerank_document, reranker_path
 from afterword.memory.turns import Turn, TurnIndex, encoder_document, recall_encoder_path, turn_documents
 from afterword.store import schema as t
 from afterword.store.store import Store, aware
@@ -180,11 +185,16 @@ def recall(
     mode: Mode = "hybrid",
     exclude_conversation: str | None = None,
     encoder: str | None = None,
+    rerank: bool | str | None = None,
 ) -> list[RecalledTurn]:
     """The ``k`` turns of ``user_id``'s conversations that best answer ``query``, best first.
 
     ``encoder`` picks the recall encoder for this call (``"general"``, ``"default"`` or an ONNX path; default:
-    the ``AFTERWORD_RECALL_ENCODER`` setting, else the shipped fine-tuned one)."""
+    the ``AFTERWORD_RECALL_ENCODER`` setting, else the shipped fine-tuned one). ``rerank`` picks the
+    cross-encoder that rescores the hybrid's best turns (:mod:`afterword.memory.rerank`: an ONNX path, ``False``
+    or ``"off"``, ``True`` or ``"default"`` for one in the package's assets; default: the
+    ``AFTERWORD_RECALL_RERANKER`` setting, else the assets' one; none ships, so none); hybrid mode only. A
+    reranked turn's ``score`` is the blend of its standardised hybrid and cross-encoder scores."""
     if not user_id:
         raise ValueError("recall needs a user id: raw turns are searched one user at a time")
     if mode not in ("hybrid", "dense", "bm25"):
@@ -195,11 +205,22 @@ def recall(
     qvec = index.query_vector(query) if mode != "bm25" else None
     scores = index.scores(query, qvec, mode)
     cos = index.vecs @ qvec if qvec is not None else np.zeros(len(rows))
+    reranker_file = reranker_path(rerank) if mode == "hybrid" else None
+    reranker = get_reranker(reranker_file) if reranker_file is not None else None
+    ranked = (
+        int(i)
+        for i in np.argsort(-scores, kind="stable")
+        if exclude_conversation is None or rows[i].conversation_id != exclude_conversation
+    )
+    order = list(itertools.islice(ranked, max(k, reranker.depth) if reranker is not None else k))
+    if reranker is not None:  # rescore the hybrid's best turns with the cross-encoder
+        blended = reranker.rerank(query, [rerank_document(index.turns[i]) for i in order], scores[order])
+        scores = scores.astype(np.float64).copy()
+        scores[order] = blended
+        order = [order[j] for j in np.argsort(-blended, kind="stable")]
     out: list[RecalledTurn] = []
-    for i in np.argsort(-scores, kind="stable"):
+    for i in order[:k]:
         r = rows[i]
-        if exclude_conversation is not None and r.conversation_id == exclude_conversation:
-            continue
         meta = r.metadata_json if isinstance(r.metadata_json, dict) else {}
         out.append(
             RecalledTurn(
@@ -214,6 +235,4 @@ def recall(
                 meta,
             )
         )
-        if len(out) >= k:
-            break
     return out

@@ -164,7 +164,8 @@ class MemoryInjector:
         """Earlier turns of this user's own conversations (``MemoryConfig.recall_turns``), within the budget."""
         cfg = self.config
         present = {_text(m.get("content")).strip() for m in messages}
-        for turn in recall(self.store, query, user_id=user_id, k=cfg.recall_turns * 3):
+        rerank = None if cfg.recall_rerank else False  # None: the configured reranker
+        for turn in recall(self.store, query, user_id=user_id, k=cfg.recall_turns * 3, rerank=rerank):
             if len([i for i in items if i.kind == "turn"]) >= cfg.recall_turns or len(items) >= cfg.max_items:
                 break
             if turn.cosine < cfg.recall_min_cosine or turn.text.strip() in present:

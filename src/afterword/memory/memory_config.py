@@ -45,6 +45,13 @@ class MemoryConfig(BaseModel):
         "are the user's own words, quoted back, and their gate lets about 1 % of unrelated requests through "
         "where the lessons' lets none (bench/recall_gate.py, docs/benchmarks.md).",
     )
+    recall_rerank: bool = Field(
+        False,
+        description="Rescore the recalled candidates with the configured recall reranker (``memory.rerank``, "
+        "``AFTERWORD_RECALL_RERANKER``; none ships). Off by default on this path: it adds about 120 ms a request "
+        "(15 candidates, 2 AMD EPYC cores), and the gate below still reads the encoder's cosine, so it changes "
+        "which passing turns come first.",
+    )
     recall_min_cosine: float = Field(
         0.45,
         ge=-1,
