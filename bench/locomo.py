@@ -69,7 +69,7 @@ def main() -> None:
             f"{held.get('general', float('nan')):.3f} for the general MiniLM in the same protocol."
         )
     rr = res.get("reranker")
-    print(f"reranker: {rr['name']} ({rr['version']})" if rr else "reranker: off")
+    print(f"reranker: {rr['name']}" + (f" ({rr['version']})" if rr.get("version") else "") if rr else "reranker: off")
     if rr and rr["trained_on_these_samples"]:
         held = rr["heldout_recall_at_5"]
         print(
