@@ -39,7 +39,7 @@ from afterword.memory.turns import Turn
 
 __all__ = ["Reranker", "RERANKER_ENV", "reranker_path", "get_reranker", "rerank_document", "blend_scores"]
 
-#: Environment variable that picks the recall reranker: unset or ``default`` (the shipped one), ``off``, or a path.
+#: Environment variable that picks the recall reranker: a path, ``off``, or unset/``default`` (the assets' one, if any).
 RERANKER_ENV = "AFTERWORD_RECALL_RERANKER"
 RERANKER_FILE = "recall_reranker.onnx"
 #: How many of the hybrid's best turns are rescored when the ``.json`` does not say.
@@ -54,8 +54,8 @@ def rerank_document(turn: Turn) -> str:
 def reranker_path(choice: str | bool | None = None) -> Path | None:
     """The reranker's ONNX file, or ``None`` for no reranking.
 
-    ``choice``: ``True``/``"default"``/empty for the shipped reranker (``None`` if it is missing), ``False``/``"off"``,
-    or a path; ``None`` reads the :data:`RERANKER_ENV` variable."""
+    ``choice``: a path, ``False``/``"off"``, or ``True``/``"default"``/empty for ``assets/recall_reranker.onnx``
+    (``None`` while the package has none, as it ships); ``None`` reads the :data:`RERANKER_ENV` variable."""
     if choice is False:
         return None
     raw = (os.environ.get(RERANKER_ENV, "") if choice is None else "" if choice is True else str(choice)).strip()
