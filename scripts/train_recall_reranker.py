@@ -1,4 +1,4 @@
-"""Train the recall reranker shipped in src/afterword/memory/assets/ from LoCoMo, and measure it held out.
+"""Train a recall reranker from LoCoMo-format data, and measure it held out (none ships: docs/benchmarks.md).
 
     python scripts/train_recall_encoder.py ../shared/data/locomo/locomo_dev7.json --heldout-only /tmp/enc.json \\
         --save-vectors /tmp/oof.npz
@@ -7,7 +7,8 @@
 Needs the ``train`` extra. all-MiniLM-L6-v2 is fine-tuned as a question×turn cross-encoder
 (afterword.memory.rerank_finetune) on every (question or observation, evidence turn) of the file, each with hard
 negatives from the general hybrid's top 30, and written as static int8 ONNX (``recall_reranker.onnx``) with its
-head, blend weight and depth in ``recall_reranker.json``.
+head, blend weight and depth in ``recall_reranker.json``, by default into src/afterword/memory/assets/, where
+recall() picks it up (``--out DIR`` writes elsewhere; name it with AFTERWORD_RECALL_RERANKER).
 
 Held out first: the samples are split in two halves (as the recall encoder's default check); a reranker trained on
 one half rescores the other half's questions over the top ``--depth`` turns of the base hybrid. The base hybrid is
