@@ -28,14 +28,13 @@ import functools
 import json
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from afterword.embed import EMBED_DIM, Embedder
-from afterword.memory.turns import Turn
+from afterword.memory.turns import Turn, memory_asset
 
 __all__ = ["Reranker", "RERANKER_ENV", "reranker_path", "get_reranker", "rerank_document", "blend_scores"]
 
@@ -61,13 +60,7 @@ def reranker_path(choice: str | bool | None = None) -> Path | None:
     raw = (os.environ.get(RERANKER_ENV, "") if choice is None else "" if choice is True else str(choice)).strip()
     if raw.lower() in ("off", "none", "0", "false"):
         return None
-    if raw and raw.lower() != "default":
-        path = Path(raw)
-        if not path.is_file():
-            raise FileNotFoundError(f"{RERANKER_ENV}={raw}: no such file (give an ONNX file, or 'off')")
-        return path
-    shipped = Path(str(resources.files("afterword.memory") / "assets" / RERANKER_FILE))
-    return shipped if shipped.is_file() else None
+    return memory_asset(raw, RERANKER_ENV, RERANKER_FILE, "off")
 
 
 def _z(x: np.ndarray) -> np.ndarray:

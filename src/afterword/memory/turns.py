@@ -189,12 +189,19 @@ def recall_encoder_path(choice: str | None = None) -> Path | None:
     choice = (os.environ.get(RECALL_ENCODER_ENV, "") if choice is None else choice).strip()
     if choice.lower() == "general":
         return None
+    return memory_asset(choice, RECALL_ENCODER_ENV, RECALL_ENCODER_FILE, "general")
+
+
+def memory_asset(choice: str, env: str, filename: str, alternative: str) -> Path | None:
+    """A model file chosen by ``choice`` (the caller has handled its own keywords): a path, which must exist (the
+    error names the ``env`` setting and the ``alternative`` keyword), or empty/``default`` for ``filename`` in this
+    package's ``assets`` folder (``None`` when the package has no such file)."""
     if choice and choice.lower() != "default":
         path = Path(choice)
         if not path.is_file():
-            raise FileNotFoundError(f"{RECALL_ENCODER_ENV}={choice}: no such file (give an ONNX file, or 'general')")
+            raise FileNotFoundError(f"{env}={choice}: no such file (give an ONNX file, or '{alternative}')")
         return path
-    shipped = Path(str(resources.files("afterword.memory") / "assets" / RECALL_ENCODER_FILE))
+    shipped = Path(str(resources.files("afterword.memory") / "assets" / filename))
     return shipped if shipped.is_file() else None
 
 
