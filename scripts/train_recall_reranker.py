@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 from afterword.importers.locomo import load_observations  # noqa: E402
 from afterword.memory.bench import CATEGORIES, _load, fit_turn_weights, normalise_evidence  # noqa: E402
+from afterword.memory.blend import Blend  # noqa: E402
 from afterword.memory.rerank import Reranker, blend_scores, rerank_document  # noqa: E402
 from afterword.memory.rerank_finetune import RerankerConfig, RerankerTrainer, rerank_groups  # noqa: E402
 from afterword.memory.turns import FEATURES, TurnIndex  # noqa: E402
@@ -128,8 +129,8 @@ def main() -> None:
         w = fit_turn_weights(
             [(v, questions[v][j][2], feats[v][j], questions[v][j][1].astype(float)) for v, j in rows if v != u]
         )
-        wv = np.array([w[f] for f in FEATURES])
-        hybrid[u] = [f @ wv for f in feats[u]]
+        blend = Blend(w, FEATURES)
+        hybrid[u] = [blend.score(f) for f in feats[u]]
 
     def progress(tag: str, t0: float):
         def show(step: int, steps: int, loss: float) -> None:

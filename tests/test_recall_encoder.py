@@ -20,6 +20,7 @@ from afterword.memory import episodic, recall
 from afterword.memory.turns import (
     FEATURES,
     RECALL_ENCODER_ENV,
+    SIGNS,
     WEIGHTS,
     Turn,
     TurnIndex,
@@ -60,6 +61,7 @@ def test_shipped_metadata_matches_the_file_and_gives_a_weight_for_every_signal()
     assert info["features"] == list(FEATURES)
     weights = encoder_weights(SHIPPED)
     assert set(weights) == set(FEATURES) and weights != WEIGHTS
+    assert all(weights[f] * sign >= 0 for f, sign in SIGNS.items())  # fitted with the signs bounded
     assert weights["cos_turn"] + weights["cos_context"] > 0  # its cosines count for, not against
     # the held-out figure is recorded beside the baseline of the same run
     held = info["heldout"]
@@ -76,9 +78,17 @@ def test_weights_come_from_the_json_beside_an_encoder(tmp_path: Path) -> None:
     other.with_suffix(".json").write_text(json.dumps({"weights": dict.fromkeys(FEATURES, 0.5)}))
     assert encoder_weights(other) == dict.fromkeys(FEATURES, 0.5)
     bad = tmp_path / "bad.onnx"
-    bad.with_suffix(".json").write_text(json.dumps({"weights": {"cos_turn": 1.0}}))
-    with pytest.raises(ValueError, match=r"bad\.json: field 'weights'"):
+    partial = tmp_path / "partial.onnx"  # absent terms weigh nothing
+    partial.with_suffix(".json").write_text(json.dumps({"weights": {"cos_turn": 1.0, "cos_turn*date": 2.0}}))
+    assert encoder_weights(partial) == {"cos_turn": 1.0, "cos_turn*date": 2.0}
+    bad = tmp_path / "bad.onnx"
+    bad.with_suffix(".json").write_text(json.dumps({"weights": {"cos_turn": 1.0, "cosine": 2.0}}))
+    with pytest.raises(ValueError, match=r"bad\.json: field 'weights': weight 'cosine' is not a signal"):
         encoder_weights(bad)
+    empty = tmp_path / "empty.onnx"
+    empty.with_suffix(".json").write_text(json.dumps({"weights": []}))
+    with pytest.raises(ValueError, match=r"empty\.json: field 'weights' must be an object"):
+        encoder_weights(empty)
 
 
 def test_a_window_document_is_the_turn_then_the_previous_turn_of_its_session(tmp_path: Path) -> None:
@@ -168,6 +178,9 @@ def test_the_index_embeds_turns_and_questions_with_its_encoder(no_choice: pytest
         Turn("D1:1", "s1", "Ann", "I adopted a puppy named Toby last weekend."),
         Turn("D1:2", "s1", "Bob", "Congrats! What breed is he?"),
         Turn("D1:3", "s1", "Ann", "A beagle, he loves long walks."),
+        Turn("D2:1", "s2", "Bob", "I baked sourdough bread this morning."),
+        Turn("D2:2", "s2", "Ann", "Nice, was it your first loaf?"),
+        Turn("D2:3", "s2", "Bob", "Yes, the crust came out a bit too dark."),
     ]
     tuned, general = TurnIndex(turns), TurnIndex(turns, encoder="general")
     assert tuned.encoder is not None and general.encoder is None
@@ -175,10 +188,10 @@ def test_the_index_embeds_turns_and_questions_with_its_encoder(no_choice: pytest
     assert np.allclose(tuned.vecs, get_embedder(SHIPPED).encode(docs), atol=1e-6)
     assert np.allclose(general.vecs[0], get_embedder().encode_one(turns[0].text), atol=1e-6)
     assert not np.allclose(tuned.vecs, general.vecs, atol=1e-2)
-    assert np.allclose(tuned.weights, [encoder_weights(SHIPPED)[f] for f in FEATURES])
-    assert np.allclose(general.weights, [WEIGHTS[f] for f in FEATURES])
-    for idx in (tuned, general):
-        assert idx.search("What pet did Ann adopt?", k=1)[0][0].id == "D1:1"
+    assert tuned.blend.weights == encoder_weights(SHIPPED)
+    assert general.blend.weights == WEIGHTS
+    for idx in (tuned, general):  # the puppy session first; its order within is the learned blend's
+        assert {t.id for t, _ in idx.search("What pet did Ann adopt?", k=3)} == {"D1:1", "D1:2", "D1:3"}
 
 
 def test_recall_rebuilds_a_users_index_when_the_encoder_changes(no_choice: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -250,3 +263,28 @@ def test_a_questions_other_evidence_and_duplicates_are_not_its_negatives() -> No
     assert mask[1].tolist() == [True, False, False, False, True, True]
     assert mask[2].tolist() == [False, False, False, False, False, False]  # q2: every other turn is a negative
     assert not mask[np.arange(3), np.arange(3)].any()  # a row's own positive is never masked
+
+
+def test_more_hard_negatives_are_distinct_columns_and_masked_like_the_first() -> None:
+    from afterword.memory.recall_finetune import RecallEncoderTrainer, recall_triples
+
+    turns = [Turn(str(i), "s", "Ann" if i % 2 else "Bob", f"turn {i} about the garden and the roses") for i in range(8)]
+    idx = TurnIndex(turns, np.eye(8, 384, dtype=np.float32), weights={"bm25_turn": 1.0})
+    mask = np.zeros(8, dtype=bool)
+    mask[[1, 2]] = True
+    q = {"u": [("What did Ann grow in the garden?", mask)]}
+    two = recall_triples({"u": idx}, q, ["u"], rng=random.Random(0), hard_negatives=3)
+    assert len(two) == 2 and all(len(t) == 6 for t in two)  # question, positive, negative, user, 2 more negatives
+    for t in two:
+        negatives = [t[2], *t[4:]]
+        assert len(set(negatives)) == 3 and not {"turn 1", "turn 2"} & {n.split(" about")[0] for n in negatives}
+    one = recall_triples({"u": idx}, q, ["u"], rng=random.Random(0))
+    assert all(len(t) == 4 for t in one)  # the default: one hard negative, as the shipped encoder was trained
+    with pytest.raises(ValueError, match="hard_negatives must be at least 1"):
+        recall_triples({"u": idx}, q, ["u"], hard_negatives=0)
+    batch = [("q1", "turn A", "turn X", "u", "turn B"), ("q1", "turn B", "turn Y", "u", "turn Z")]
+    columns = RecallEncoderTrainer._documents(batch)
+    assert columns == ["turn A", "turn B", "turn X", "turn Y", "turn B", "turn Z"]
+    fn = RecallEncoderTrainer._false_negatives(batch)
+    assert fn[0].tolist() == [False, True, False, False, True, False]  # q1's other evidence, as a later negative too
+    assert fn[1].tolist() == [True, False, False, False, True, False]  # its own positive again, as a negative

@@ -5,8 +5,8 @@ question about a past conversation ("When did Caroline go to the support
 group?") and the turn that answers it ("I went to a LGBTQ support group
 yesterday") are not paraphrases. :class:`RecallEncoderTrainer` fine-tunes it on
 (query, evidence turn) pairs with the multiple-negatives ranking loss: the
-other turns of the batch are negatives, plus one hard negative a pair (a
-non-evidence turn the general hybrid ranks in its top 15). A query is a
+other turns of the batch are negatives, plus ``hard_negatives`` hard negatives a
+pair (distinct non-evidence turns the general hybrid ranks in its top 15). A query is a
 question, or an annotator's observation (a statement such as "Caroline
 attended an LGBTQ support group", with the turn it rests on): both ask the
 encoder to find the turn a fact came from.
@@ -34,7 +34,8 @@ from afterword.memory.turns import TurnIndex, turn_documents
 
 __all__ = ["RecallFinetuneConfig", "RecallEncoderTrainer", "recall_triples"]
 
-Triple = tuple[str, str, str, str]  # question as embedded, evidence turn, hard negative turn, user
+#: (question as embedded, evidence turn, hard negative turn, user, further hard negative turns...)
+Triple = tuple[str, ...]
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RecallFinetuneConfig:
     warmup: float = 0.1
     weight_decay: float = 0.01
     hard_negative_pool: int = 15
+    hard_negatives: int = 1  # a pair's hard negatives (distinct turns from the pool, while it has enough)
     batching: str = "random"  # or "user": each batch from one user's triples (harder in-batch negatives)
     seed: int = 0
 
@@ -64,14 +66,19 @@ def recall_triples(
     pool: int = 15,
     rng: random.Random | None = None,
     documents: Mapping[str, Sequence[str]] | None = None,
+    hard_negatives: int = 1,
 ) -> list[Triple]:
-    """One (question, evidence turn, hard negative, user) per evidence turn of every question of ``users``.
+    """One (question, evidence turn, hard negative, user, *more hard negatives) per evidence turn of every
+    question of ``users``.
 
-    ``questions[user]`` holds (question, evidence mask over that user's indexed turns). The hard
-    negative is drawn from the turns the index's own hybrid ranks in its top ``pool`` that are not
-    evidence (a question whose top ``pool`` is all evidence gets a random other turn). Turns are written as
+    ``questions[user]`` holds (question, evidence mask over that user's indexed turns). The
+    ``hard_negatives`` hard negatives are drawn, distinct, from the turns the index's own hybrid ranks in its
+    top ``pool`` that are not evidence (a question whose top ``pool`` is all evidence draws from its other
+    turns; a pool smaller than ``hard_negatives`` is drawn from again). Turns are written as
     ``documents[user]`` gives them (default: their text alone).
     """
+    if hard_negatives < 1:
+        raise ValueError(f"hard_negatives must be at least 1, not {hard_negatives}")
     rng = rng or random.Random(0)
     out: list[Triple] = []
     for u in users:
@@ -85,7 +92,12 @@ def recall_triples(
                 continue
             query = idx.dense_query(question)
             for i in np.flatnonzero(mask):
-                out.append((query, docs[int(i)], docs[rng.choice(negatives)], u))
+                if hard_negatives == 1:  # the shipped encoder's draw, kept so its training replays exactly
+                    picks = [rng.choice(negatives)]
+                else:
+                    picks = rng.sample(negatives, min(hard_negatives, len(negatives)))
+                    picks += [rng.choice(negatives) for _ in range(hard_negatives - len(picks))]
+                out.append((query, docs[int(i)], docs[picks[0]], u, *(docs[j] for j in picks[1:])))
     return out
 
 
@@ -135,20 +147,26 @@ class RecallEncoderTrainer:
         return out
 
     @staticmethod
-    def _false_negatives(batch: Sequence[Triple]) -> np.ndarray:
-        """(B, 2B) mask of the columns that must not count as negatives for row i: any turn (positive or hard
-        negative column) whose text is an evidence turn of row i's question, its own included, bar column i."""
+    def _documents(batch: Sequence[Triple]) -> list[str]:
+        """A batch's columns: the positives, the first hard negatives, then the further hard negatives."""
+        return [t[1] for t in batch] + [t[2] for t in batch] + [x for t in batch for x in t[4:]]
+
+    @classmethod
+    def _false_negatives(cls, batch: Sequence[Triple]) -> np.ndarray:
+        """(B, columns) mask of the columns that must not count as negatives for row i: any turn (positive or
+        hard negative column) whose text is an evidence turn of row i's question, its own included, bar
+        column i."""
         n = len(batch)
-        texts = [t[1] for t in batch] + [t[2] for t in batch]
+        texts = cls._documents(batch)
         evidence: dict[str, set[str]] = {}
         for t in batch:
             evidence.setdefault(t[0], set()).add(t[1])
-        mask = np.array([[text in evidence[t[0]] for text in texts] for t in batch], dtype=bool).reshape(n, 2 * n)
+        mask = np.array([[text in evidence[t[0]] for text in texts] for t in batch], dtype=bool).reshape(n, len(texts))
         mask[np.arange(n), np.arange(n)] = False
         return mask
 
     def fit(self, triples: Sequence[Triple], progress: Any = None) -> list[float]:
-        """Multiple-negatives ranking loss over (question, positive, hard negative); returns each step's loss."""
+        """Multiple-negatives ranking loss over (question, positive, hard negatives); returns each step's loss."""
         import torch
 
         from afterword.judge.finetune import warmup_then_linear
@@ -165,7 +183,7 @@ class RecallEncoderTrainer:
         for batches in epochs:
             for b in batches:
                 q = self._embed([x[0] for x in b])
-                d = self._embed([x[1] for x in b] + [x[2] for x in b])
+                d = self._embed(self._documents(b))
                 logits = cfg.scale * q @ d.T
                 logits = logits.masked_fill(torch.from_numpy(self._false_negatives(b)), float("-inf"))
                 loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))

@@ -25,16 +25,21 @@ The hybrid score is a weighted sum of per-turn signals (:data:`FEATURES`):
   next turn's own cosine and BM25, each on its own;
 - ``session``: the mean of the three best base scores in the turn's session
   (a session about the topic);
-- ``speaker``: the turn's speaker is named in the question;
+- ``speaker``: the turn's speaker is named in the question; for turns stored
+  from an app (speaker ``user`` or ``assistant``), a question in the first
+  person ("my dog") names the user and one in the second ("you said") the
+  assistant;
 - ``date``: the question names a date ("on 9 November, 2022", "in May 2023")
   and the turn was said that day (1), within a week of it (½), in that
   month (1) or in the ten days after it (½); needs :attr:`Turn.time`;
 - ``length``: log(1 + words): short acknowledgements rarely answer anything.
 
-The weights are a logistic regression of "is an evidence turn" on these
-signals, fitted on LoCoMo with :func:`afterword.memory.bench.fit_turn_weights`,
-one set per encoder (:func:`encoder_weights`); held-out checks are in
-``docs/benchmarks.md``.
+The weights (a :class:`~afterword.memory.blend.Blend`, which can also weigh
+products of pairs of signals; the shipped ones weigh the signals alone) are
+fitted listwise on LoCoMo with :func:`afterword.memory.bench.fit_turn_weights`
+(each question's softmax over its user's turns, towards its evidence turns;
+signs bounded by :data:`SIGNS`), one set per encoder (:func:`encoder_weights`);
+held-out checks are in ``docs/benchmarks.md``.
 
 **The encoder.** Turns and questions are embedded by the *recall encoder*
 (:func:`recall_encoder_path`): by default all-MiniLM-L6-v2 fine-tuned as a
@@ -67,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from afterword.embed import Embedder, get_embedder
+from afterword.memory.blend import Blend
 from afterword.memory.index import BM25
 
 __all__ = [
@@ -74,6 +80,8 @@ __all__ = [
     "TurnIndex",
     "FEATURES",
     "WEIGHTS",
+    "SIGNS",
+    "GENERAL_WEIGHTS_FILE",
     "question_dates",
     "recall_encoder_path",
     "encoder_weights",
@@ -106,24 +114,36 @@ FEATURES = (
     "length",
 )
 
-#: Logistic-regression weights of :data:`FEATURES` for the *general* MiniLM's vectors, fitted on the 7 LoCoMo
-#: conversations of ``locomo_dev7.json`` (``run_locomo_heldout(...)["fitted_on_all"]``). The fine-tuned recall
-#: encoder's weights are in its JSON (:func:`encoder_weights`).
-WEIGHTS: dict[str, float] = {
-    "cos_turn": 0.718,
-    "cos_context": 9.707,
-    "bm25_turn": 1.842,
-    "bm25_window": 1.221,
-    "neighbour": 6.922,
-    "prev_cos": -6.45,
-    "next_cos": -6.31,
-    "prev_bm25": -0.628,
-    "next_bm25": -1.642,
-    "session": 1.238,
-    "speaker": 2.182,
-    "date": 1.784,
-    "length": 1.032,
+#: The sign a fitted blend must give each signal's own weight (:func:`afterword.memory.blend.fit_blend`): a turn
+#: that matches the question better itself (its cosine or BM25, its context, its session, a named speaker or date,
+#: its best neighbour) never scores lower for it, and a neighbour's own match never counts for the turn beyond
+#: ``neighbour``. Unconstrained, the listwise fit on LoCoMo gave the turn's own BM25 a negative weight and ranked
+#: an assistant's reply ("I'm sorry to hear that") above the user's turn that answers the question.
+SIGNS: dict[str, int] = {
+    **dict.fromkeys(
+        ("cos_turn", "cos_context", "bm25_turn", "bm25_window", "neighbour", "session", "speaker", "date"), 1
+    ),
+    **dict.fromkeys(("prev_cos", "next_cos", "prev_bm25", "next_bm25"), -1),
 }
+
+#: File (in ``afterword/memory/assets``) of the general MiniLM's blend weights and their provenance.
+GENERAL_WEIGHTS_FILE = "general_weights.json"
+
+
+def _general_weights() -> dict[str, float]:
+    path = Path(str(resources.files("afterword.memory") / "assets" / GENERAL_WEIGHTS_FILE))
+    try:
+        weights = json.loads(path.read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{path}: the general MiniLM's blend weights are missing or unreadable ({exc})") from exc
+    return Blend(weights, FEATURES, source=f"{path}: field 'weights'").weights
+
+
+#: Blend weights (:class:`~afterword.memory.blend.Blend`, over the signals of :data:`FEATURES`) for the
+#: *general* MiniLM's vectors, fitted listwise on the 7 LoCoMo conversations of ``locomo_dev7.json`` by
+#: ``scripts/train_recall_encoder.py`` and kept in ``assets/general_weights.json``. The fine-tuned recall
+#: encoder's weights are in its JSON (:func:`encoder_weights`).
+WEIGHTS: dict[str, float] = _general_weights()
 
 _MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_name) if m}
 _MONTHS.update({m.lower(): i for i, m in enumerate(calendar.month_abbr) if m})
@@ -132,6 +152,12 @@ _DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+{_MONTH},?\s+(\d{{4}})\b", 
 _MDY = re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I)
 _MY = re.compile(rf"\b{_MONTH},?\s+(\d{{4}})\b", re.I)
 _DAY = 86400.0
+#: A question in the first person is about what the user said; in the second, about what the assistant said.
+#: Turns stored from an app (speaker ``user`` / ``assistant``, their role) count as named by these.
+_ROLE_PRONOUNS = {
+    "user": re.compile(r"\b(?:i|me|my|mine|myself|i'm|i've|i'd|i'll|we|our|us)\b", re.I),
+    "assistant": re.compile(r"\b(?:you|your|yours|yourself)\b", re.I),
+}
 
 
 @dataclass
@@ -232,17 +258,19 @@ def encoder_document(path: Path | None) -> str:
 
 def encoder_weights(path: Path | None) -> dict[str, float]:
     """The blend weights fitted for the encoder at ``path``: ``weights`` of the ``.json`` beside it when it has
-    one, else (and for the general MiniLM, ``None``) :data:`WEIGHTS`."""
+    one, else (and for the general MiniLM, ``None``) :data:`WEIGHTS`. Each key is a signal of :data:`FEATURES`
+    or a product ``"a*b"`` of two (:class:`~afterword.memory.blend.Blend`); an unknown one raises ``ValueError``
+    naming the file and the key."""
     info = encoder_info(path)
     if not info:
         return dict(WEIGHTS)
-    try:
-        return {f: float(info["weights"][f]) for f in FEATURES}
-    except (KeyError, TypeError, ValueError) as exc:
+    where = f"{path.with_suffix('.json') if path else path}: field 'weights'"
+    weights = info.get("weights")
+    if not isinstance(weights, dict) or not weights:
         raise ValueError(
-            f"{path.with_suffix('.json') if path else path}: field 'weights' must map each of "
-            f"{', '.join(FEATURES)} to a number"
-        ) from exc
+            f"{where} must be an object mapping signals ({', '.join(FEATURES)}), or products 'a*b' of two, to numbers"
+        )
+    return Blend(weights, FEATURES, source=where).weights
 
 
 class TurnIndex:
@@ -264,8 +292,8 @@ class TurnIndex:
         self.turns = list(turns)
         #: The encoder's ONNX file; ``None`` is the general MiniLM.
         self.encoder = recall_encoder_path(None if encoder is None else str(encoder))
-        w = weights if weights is not None else encoder_weights(self.encoder)
-        self.weights = np.array([float(w.get(f, 0.0)) for f in FEATURES])
+        #: The hybrid's score over :meth:`features` (the encoder's weights unless ``weights`` are given).
+        self.blend = Blend(weights if weights is not None else encoder_weights(self.encoder), FEATURES)
         #: How the encoder reads a turn (:func:`turn_documents`).
         self.document = encoder_document(self.encoder)
         if vectors is None:
@@ -363,6 +391,9 @@ class TurnIndex:
         named = {
             i for i, s in enumerate(self.speakers) if self._names and re.search(rf"\b{re.escape(s)}\b", query, re.I)
         }
+        for role, pronouns in _ROLE_PRONOUNS.items():  # "my dog" names the user, "you said" the assistant
+            if role in self.speakers and pronouns.search(query):
+                named.add(self.speakers.index(role))
         spk = np.isin(self._speaker_of, list(named)).astype(np.float64) if named else np.zeros(len(self.turns))
         cols = {
             "cos_turn": ct,
@@ -389,7 +420,7 @@ class TurnIndex:
             return self.vecs @ q
         if not len(self.turns):
             return np.zeros(0)
-        return self.features(query, q) @ self.weights
+        return self.blend.score(self.features(query, q))
 
     def search(
         self, query: str, k: int = 10, mode: str = "hybrid", qvec: np.ndarray | None = None
