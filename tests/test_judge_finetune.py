@@ -180,3 +180,28 @@ def test_soft_targets_mix_the_raters_votes_into_the_label():
     assert not np.allclose(soft.losses, plain.losses, atol=1e-3)
     with pytest.raises(ValueError, match="vote shares"):
         finetune.finetune_reaction_encoder(TEXTS, LABELS, config=cfg)
+
+
+def test_train_steps_runs_one_clipped_adamw_step_a_batch_on_a_warm_then_linear_schedule() -> None:
+    import torch
+
+    from afterword.judge.finetune import train_steps
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(64, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    batches = [slice(i, i + 8) for i in range(0, 64, 8)] * 10
+    seen: list[tuple[int, int]] = []
+    losses = train_steps(
+        batches,
+        lambda b: torch.nn.functional.mse_loss(model(x[b]), y[b]),
+        model.parameters(),
+        lr=0.05,
+        weight_decay=0.0,
+        warm=4,
+        progress=lambda step, steps, loss: seen.append((step, steps)),
+    )
+    assert len(losses) == len(batches) == 80
+    assert seen[0] == (1, 80) and seen[-1] == (80, 80)
+    assert np.mean(losses[-8:]) < 0.1 * np.mean(losses[:8])

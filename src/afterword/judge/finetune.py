@@ -91,6 +91,39 @@ def warmup_then_linear(opt: Any, steps: int, warm: float) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / steps))
 
 
+def train_steps(
+    batches: Sequence[Any],
+    loss_fn: Callable[[Any], Any],
+    params: Sequence[Any],
+    *,
+    lr: float,
+    weight_decay: float,
+    warm: float,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[float]:
+    """The optimiser loop the fine-tuners share: AdamW over ``params``, :func:`warmup_then_linear` over
+    ``len(batches)`` steps (``warm`` of warm-up), and for each batch ``loss_fn(batch)``, backward, gradients
+    clipped to norm 1, a step. Returns each step's loss; ``progress(step, steps, loss)`` after each."""
+    import torch
+
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps = max(1, len(batches))
+    sched = warmup_then_linear(opt, steps, warm)
+    losses: list[float] = []
+    for step, batch in enumerate(batches, start=1):
+        loss = loss_fn(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(float(loss.item()))
+        if progress is not None:
+            progress(step, steps, losses[-1])
+    return losses
+
+
 def base_model() -> Any:
     """The untrained all-MiniLM-L6-v2 transformer (a ``transformers`` BertModel), in eval mode."""
     from transformers import AutoModel
@@ -189,36 +222,27 @@ def finetune_reaction_encoder(
         else y
     )
     params = [*model.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = (len(texts) + cfg.batch_size - 1) // cfg.batch_size
-    steps = max(1, cfg.epochs * per_epoch)
-    warm = max(1.0, cfg.warmup * steps)
-    sched = warmup_then_linear(opt, steps, warm)
+    batches = []
+    for _ in range(cfg.epochs):
+        order = np.random.permutation(len(texts))
+        batches += [order[start : start + cfg.batch_size] for start in range(0, len(texts), cfg.batch_size)]
 
     def embed(first: list[str], pair: list[str] | None) -> Any:
         return mean_pooled(model, tok, first, pair, cfg.max_tokens)
 
-    losses: list[float] = []
-    step = 0
-    for _ in range(cfg.epochs):
-        order = np.random.permutation(len(texts))
-        for start in range(0, len(texts), cfg.batch_size):
-            b = order[start : start + cfg.batch_size]
-            single = [texts[i] or " " for i in b]
-            unit = embed(single, None if second is None else [second[i] or " " for i in b])
-            loss = torch.nn.functional.cross_entropy(head(unit * cfg.scale), torch.tensor(target[b]), weight=weight)
-            if T is not None:
-                alone = unit if second is None else embed(single, None)
-                loss = loss + cfg.distill * (1 - (alone * T[b]).sum(-1)).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            step += 1
-            losses.append(float(loss.item()))
-            if progress is not None:
-                progress(step, steps, losses[-1])
+    def loss_of(b: np.ndarray) -> Any:
+        single = [texts[i] or " " for i in b]
+        unit = embed(single, None if second is None else [second[i] or " " for i in b])
+        loss = torch.nn.functional.cross_entropy(head(unit * cfg.scale), torch.tensor(target[b]), weight=weight)
+        if T is not None:
+            alone = unit if second is None else embed(single, None)
+            loss = loss + cfg.distill * (1 - (alone * T[b]).sum(-1)).mean()
+        return loss
+
+    warm = max(1.0, cfg.warmup * max(1, len(batches)))
+    losses = train_steps(
+        batches, loss_of, params, lr=cfg.lr, weight_decay=cfg.weight_decay, warm=warm, progress=progress
+    )
     model.eval()
     return FinetunedEncoder(
         model=model,

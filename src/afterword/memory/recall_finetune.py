@@ -169,33 +169,30 @@ class RecallEncoderTrainer:
         """Multiple-negatives ranking loss over (question, positive, hard negatives); returns each step's loss."""
         import torch
 
-        from afterword.judge.finetune import warmup_then_linear
+        from afterword.judge.finetune import train_steps
 
         cfg = self.config
         rng = random.Random(cfg.seed)
         data = list(triples)
+        batches = [b for _ in range(cfg.epochs) for b in self._batches(data, rng)]
+
+        def loss_of(b: list[Triple]) -> Any:
+            q = self._embed([x[0] for x in b])
+            d = self._embed(self._documents(b))
+            logits = cfg.scale * q @ d.T
+            logits = logits.masked_fill(torch.from_numpy(self._false_negatives(b)), float("-inf"))
+            return torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
+
         self.model.train()
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        epochs = [self._batches(data, rng) for _ in range(cfg.epochs)]
-        steps = sum(len(e) for e in epochs)
-        sched = warmup_then_linear(opt, steps, max(1, int(cfg.warmup * steps)))
-        step = 0
-        for batches in epochs:
-            for b in batches:
-                q = self._embed([x[0] for x in b])
-                d = self._embed(self._documents(b))
-                logits = cfg.scale * q @ d.T
-                logits = logits.masked_fill(torch.from_numpy(self._false_negatives(b)), float("-inf"))
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-                step += 1
-                self.losses.append(float(loss.item()))
-                if progress is not None:
-                    progress(step, steps, self.losses[-1])
+        self.losses += train_steps(
+            batches,
+            loss_of,
+            list(self.model.parameters()),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warm=max(1, int(cfg.warmup * len(batches))),
+            progress=progress,
+        )
         self.model.eval()
         return self.losses
 

@@ -107,37 +107,33 @@ class RerankerTrainer:
         """Softmax cross-entropy over each group (the evidence first); returns each step's loss."""
         import torch
 
-        from afterword.judge.finetune import warmup_then_linear
+        from afterword.judge.finetune import train_steps
 
         cfg = self.config
-        params = [*self.model.parameters(), *self.head.parameters()]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
-        epochs = []
+        batches = []
         for _ in range(cfg.epochs):
             data = list(groups)
             rng.shuffle(data)
-            epochs.append([data[i : i + cfg.groups_per_batch] for i in range(0, len(data), cfg.groups_per_batch)])
-        steps = sum(len(e) for e in epochs)
-        sched = warmup_then_linear(opt, steps, max(1, int(cfg.warmup * steps)))
+            batches += [data[i : i + cfg.groups_per_batch] for i in range(0, len(data), cfg.groups_per_batch)]
+
+        def loss_of(b: list[Group]) -> Any:
+            size = 1 + len(b[0][2])
+            queries = [g[0] for g in b for _ in range(size)]
+            docs = [d for g in b for d in (g[1], *g[2])]
+            logits = self._logits(queries, docs).view(len(b), size)
+            return torch.nn.functional.cross_entropy(logits, torch.zeros(len(b), dtype=torch.long))
+
         self.model.train()
-        step = 0
-        for batches in epochs:
-            for b in batches:
-                size = 1 + len(b[0][2])
-                queries = [g[0] for g in b for _ in range(size)]
-                docs = [d for g in b for d in (g[1], *g[2])]
-                logits = self._logits(queries, docs).view(len(b), size)
-                loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(b), dtype=torch.long))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-                step += 1
-                self.losses.append(float(loss.item()))
-                if progress is not None:
-                    progress(step, steps, self.losses[-1])
+        self.losses += train_steps(
+            batches,
+            loss_of,
+            [*self.model.parameters(), *self.head.parameters()],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warm=max(1, int(cfg.warmup * len(batches))),
+            progress=progress,
+        )
         self.model.eval()
         return self.losses
 
