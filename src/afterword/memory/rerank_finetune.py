@@ -78,14 +78,11 @@ class RerankerTrainer:
 
     def __init__(self, config: RerankerConfig | None = None) -> None:
         import torch
-        from transformers import AutoTokenizer
 
-        from afterword.judge.finetune import base_model, base_model_dir
+        from afterword.judge.finetune import seeded_base
 
         self.config = config or RerankerConfig()
-        torch.manual_seed(self.config.seed)
-        self.tok = AutoTokenizer.from_pretrained(base_model_dir())
-        self.model = base_model()
+        self.tok, self.model = seeded_base(self.config.seed)
         self.head = torch.nn.Linear(self.model.config.hidden_size, 1)
         self.losses: list[float] = []
 
