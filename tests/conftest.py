@@ -82,3 +82,24 @@ def llm(tmp_path_factory):
     srv = serve_local_model(log_path=str(tmp_path_factory.mktemp("llm") / "server.log"))
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def hobby_questions():
+    """Four turns indexed with the general MiniLM, and two questions, each with its one evidence turn: what the
+    recall encoder's and the reranker's trainer tests learn from."""
+    import numpy as np
+
+    from afterword.memory.turns import Turn, TurnIndex
+
+    turns = [
+        Turn("1", "s", "Ann", "My grandma taught me to knit scarves when I was small."),
+        Turn("2", "s", "Bob", "That sounds lovely, I never learned anything like that."),
+        Turn("3", "s", "Ann", "We drove to the coast and watched the sunrise over the sea."),
+        Turn("4", "s", "Bob", "I painted our kitchen a bright yellow colour last month."),
+    ]
+    questions = [
+        ("Who got Ann into her craft hobby?", np.array([True, False, False, False])),
+        ("What did Bob do to a room at home?", np.array([False, False, False, True])),
+    ]
+    return TurnIndex(turns, encoder="general"), questions

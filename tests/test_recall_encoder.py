@@ -223,20 +223,12 @@ def test_recall_rebuilds_a_users_index_when_the_encoder_changes(no_choice: pytes
         store.close()
 
 
-def test_trainer_pulls_a_question_towards_its_evidence() -> None:
+def test_trainer_pulls_a_question_towards_its_evidence(hobby_questions) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from afterword.memory.recall_finetune import RecallEncoderTrainer, RecallFinetuneConfig, recall_triples
 
-    turns = [
-        Turn("1", "s", "Ann", "My grandma taught me to knit scarves when I was small."),
-        Turn("2", "s", "Bob", "That sounds lovely, I never learned anything like that."),
-        Turn("3", "s", "Ann", "We drove to the coast and watched the sunrise over the sea."),
-        Turn("4", "s", "Bob", "I painted our kitchen a bright yellow colour last month."),
-    ]
-    idx = TurnIndex(turns, encoder="general")
-    q = [("Who got Ann into her craft hobby?", np.array([True, False, False, False]))]
-    q += [("What did Bob do to a room at home?", np.array([False, False, False, True]))]
+    idx, q = hobby_questions
     triples = recall_triples({"u": idx}, {"u": q}, ["u"], rng=random.Random(0))
     assert len(triples) == 2 and triples[0][0] == "Who got into her craft hobby?"  # the name taken out
     assert all(t[2] != t[1] and t[3] == "u" for t in triples)  # the hard negative is never the evidence

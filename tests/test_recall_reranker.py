@@ -24,7 +24,7 @@ from afterword.memory.rerank import (
     rerank_document,
     reranker_path,
 )
-from afterword.memory.turns import Turn, TurnIndex
+from afterword.memory.turns import Turn
 from afterword.records import Conversation, Message
 from afterword.store import Store
 
@@ -147,23 +147,15 @@ def test_the_injector_reranks_only_when_its_config_asks(
     assert plain[0].text.endswith(HISTORY[0]) and reranked[0].text.endswith(HISTORY[4])
 
 
-def test_trainer_learns_to_put_the_evidence_above_its_near_misses(tmp_path: Path) -> None:
+def test_trainer_learns_to_put_the_evidence_above_its_near_misses(tmp_path: Path, hobby_questions) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from afterword.memory.rerank_finetune import RerankerConfig, RerankerTrainer, rerank_groups
 
-    turns = [
-        Turn("1", "s", "Ann", "My grandma taught me to knit scarves when I was small."),
-        Turn("2", "s", "Bob", "That sounds lovely, I never learned anything like that."),
-        Turn("3", "s", "Ann", "We drove to the coast and watched the sunrise over the sea."),
-        Turn("4", "s", "Bob", "I painted our kitchen a bright yellow colour last month."),
-    ]
-    idx = TurnIndex(turns, encoder="general")
-    q = [("Who got Ann into her craft hobby?", np.array([True, False, False, False]))]
-    q += [("What did Bob do to a room at home?", np.array([False, False, False, True]))]
+    idx, q = hobby_questions
     groups = rerank_groups({"u": idx}, {"u": q}, ["u"], negatives=2, pool=4, rng=random.Random(0))
     assert len(groups) == 2 and all(len(g[2]) == 2 and g[1] not in g[2] for g in groups)
-    assert {g[1] for g in groups} == {"Ann: " + turns[0].text, "Bob: " + turns[3].text}
+    assert {g[1] for g in groups} == {"Ann: " + idx.turns[0].text, "Bob: " + idx.turns[3].text}
     trainer = RerankerTrainer(RerankerConfig(epochs=6, lr=1e-4, groups_per_batch=2, negatives=2))
     group = next(g for g in groups if g[0].startswith("Who"))
     before = trainer.score(group[0], [group[1], *group[2]])
