@@ -11,9 +11,9 @@ Only questions are ever scored.
 
 Those weights must not come from features the encoder was trained on (its cosines there are too good). So first,
 out of fold: the samples are split into ``--folds`` groups (default 2, halves; the number of samples is leave one
-out); an encoder trained on the other groups (and quantised the same way) embeds each group, and the hybrid's 13
-signals are computed from those vectors. The shipped weights are the listwise blend (afterword.memory.blend,
-signs bounded by turns.SIGNS) fitted on these out-of-fold signals of all samples.
+out); an encoder trained on the other groups (and quantised the same way) embeds each group, and the hybrid's
+signals (turns.FEATURES) are computed from those vectors. The shipped weights are the listwise blend
+(afterword.memory.blend, signs bounded by turns.SIGNS) fitted on these out-of-fold signals of all samples.
 
 The held-out figure (printed and stored in the JSON) uses the same out-of-fold signals, each sample ranked with
 weights fitted on the other samples: neither the encoder nor the weights saw the sample they rank. The general

@@ -86,6 +86,27 @@ def test_recall_finds_the_turn_that_answers_and_only_in_the_users_own_history(hi
     assert all(h.conversation_id != a2 for h in recall(history, "cello", user_id="ana", k=6, exclude_conversation=a2))
 
 
+def test_recall_finds_the_assistants_answer_to_the_users_question(history: Store) -> None:
+    # the reply to a question on the topic holds the answer (the ``answer_*`` signals); the question itself is
+    # not the evidence, though it matches the words better
+    history.import_conversations(
+        [
+            _conv(
+                "cara",
+                "c1",
+                _DAY1,
+                (
+                    "What should I feed my dog Rex after his knee surgery?",
+                    "Soft, bland meals: boiled rice and chicken.",
+                ),
+                ("Thanks! Any tips for the stairs?", "Carry him for the first two weeks."),
+            )
+        ]
+    )
+    hit = recall(history, "What food did you recommend for Rex?", user_id="cara", k=1)[0]
+    assert hit.text.startswith("Soft, bland meals") and hit.role == "assistant"
+
+
 def test_recall_sees_new_messages_and_reembeds_only_them(history: Store) -> None:
     recall(history, "dog", user_id="ana")
     before = episodic._cache[_key(history, "ana")].vectors

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from afterword.memory.bench import CATEGORIES, run_locomo_bench, run_locomo_heldout
-from afterword.memory.turns import FEATURES, WEIGHTS, Turn, TurnIndex, question_dates
+from afterword.memory.turns import FEATURES, WEIGHTS, Turn, TurnIndex, asks, question_dates
 
 
 def _d(y: int, m: int, d: int) -> datetime:
@@ -151,3 +151,25 @@ def test_a_first_person_question_names_the_user_and_a_second_person_one_the_assi
     assert idx.features("When is the visit?", q)[:, column].tolist() == [0.0, 0.0]
     names = TurnIndex([Turn("D1:1", "s1", "Ann", "My sister visits in June.")], np.zeros((1, 384), dtype=np.float32))
     assert names.features("When does my sister visit?", np.zeros(384, dtype=np.float32))[0, column] == 0.0
+
+
+def test_a_question_is_flagged_and_the_turn_after_it_carries_its_match_as_an_answer():
+    assert asks("Wow! Did you enjoy it?") and asks('She asked "why?"') and asks("Really?**")
+    assert not asks("Did you? I loved it.") and not asks("Fine.") and not asks("")
+    turns = [
+        Turn("D1:1", "s1", "Ann", "How was the race last Sunday?"),
+        Turn("D1:2", "s1", "Ben", "Great, I finished in two hours."),
+        Turn("D1:3", "s1", "Ann", "My dog had surgery on his knee."),
+        Turn("D1:4", "s1", "Ben", "I'm sorry to hear that."),
+        Turn("D2:1", "s2", "Ben", "Did you watch the race?"),  # a new session: no turn before it
+    ]
+    idx = TurnIndex(turns)
+    f = idx.features("How long did Ben's race take?")
+    col = {name: f[:, FEATURES.index(name)] for name in ("question", "answer_cos", "answer_bm25", "prev_cos")}
+    assert col["question"].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    # the reply to a question carries that question's match; the reply to a statement, and a session's first turn,
+    # carry none
+    assert col["answer_cos"][1] == col["prev_cos"][1] > 0.2
+    assert col["answer_bm25"][1] > 0
+    assert col["answer_cos"][[0, 2, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert col["answer_bm25"][[0, 2, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]

@@ -14,10 +14,11 @@ L2 penalty on standardised terms, and optionally bounds on the signs of chosen
 terms. Every question weighs the same, as it does in recall@k; a pointwise
 classifier of "is an evidence turn" weighs every turn instead, so questions
 over long histories and their easy negatives dominate it. On LoCoMo held out,
-with the same signals and vectors, the listwise fit took recall@5 from 0.768 to
-0.794; with products 0.810, but then short app histories put the assistant's
-reply above the user's turn that answers, so the shipped blends are linear
-(docs/benchmarks.md).
+with the same 13 signals and vectors, the listwise fit took recall@5 from 0.768
+to 0.794 (with products 0.810, but then short app histories put the assistant's
+reply above the user's turn that answers); three more signals on questions and
+their answers took the linear blend to 0.8095 (products: 0.814), so the shipped
+blends are linear (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -32,7 +32,14 @@ The hybrid score is a weighted sum of per-turn signals (:data:`FEATURES`):
 - ``date``: the question names a date ("on 9 November, 2022", "in May 2023")
   and the turn was said that day (1), within a week of it (½), in that
   month (1) or in the ten days after it (½); needs :attr:`Turn.time`;
-- ``length``: log(1 + words): short acknowledgements rarely answer anything.
+- ``length``: log(1 + words): short acknowledgements rarely answer anything;
+- ``question``: the turn is a question (:func:`asks`): it asks rather than
+  tells, so it is rarely the evidence even when it matches;
+- ``answer_cos`` / ``answer_bm25``: the previous turn's cosine and BM25 when
+  that turn is a question, else 0: the reply to a question on the topic holds
+  the answer ("How was the race?" → "Great, I finished in two hours"), which
+  ``neighbour`` alone cannot tell from the reply to a statement ("My dog had
+  surgery" → "I'm sorry to hear that").
 
 The weights (a :class:`~afterword.memory.blend.Blend`, which can also weigh
 products of pairs of signals; the shipped ones weigh the signals alone) are
@@ -89,6 +96,7 @@ __all__ = [
     "encoder_document",
     "turn_documents",
     "previous_in_session",
+    "asks",
     "DOCUMENT_KINDS",
     "RECALL_ENCODER_ENV",
 ]
@@ -112,18 +120,34 @@ FEATURES = (
     "speaker",
     "date",
     "length",
+    "question",
+    "answer_cos",
+    "answer_bm25",
 )
 
 #: The sign a fitted blend must give each signal's own weight (:func:`afterword.memory.blend.fit_blend`): a turn
 #: that matches the question better itself (its cosine or BM25, its context, its session, a named speaker or date,
-#: its best neighbour) never scores lower for it, and a neighbour's own match never counts for the turn beyond
-#: ``neighbour``. Unconstrained, the listwise fit on LoCoMo gave the turn's own BM25 a negative weight and ranked
-#: an assistant's reply ("I'm sorry to hear that") above the user's turn that answers the question.
+#: its best neighbour, a question before it that it answers) never scores lower for it, a neighbour's own match
+#: never counts for the turn beyond ``neighbour``, and a question never scores higher for being one.
+#: Unconstrained, the listwise fit on LoCoMo gave the turn's own BM25 a negative weight and ranked an assistant's
+#: reply ("I'm sorry to hear that") above the user's turn that answers the question.
 SIGNS: dict[str, int] = {
     **dict.fromkeys(
-        ("cos_turn", "cos_context", "bm25_turn", "bm25_window", "neighbour", "session", "speaker", "date"), 1
+        (
+            "cos_turn",
+            "cos_context",
+            "bm25_turn",
+            "bm25_window",
+            "neighbour",
+            "session",
+            "speaker",
+            "date",
+            "answer_cos",
+            "answer_bm25",
+        ),
+        1,
     ),
-    **dict.fromkeys(("prev_cos", "next_cos", "prev_bm25", "next_bm25"), -1),
+    **dict.fromkeys(("prev_cos", "next_cos", "prev_bm25", "next_bm25", "question"), -1),
 }
 
 #: File (in ``afterword/memory/assets``) of the general MiniLM's blend weights and their provenance.
@@ -189,6 +213,15 @@ def question_dates(question: str) -> list[tuple[str, datetime]]:
 #: How a turn is written for its encoder: ``turn`` (its text alone) or ``window`` (its text, then ``[SEP]`` and the
 #: previous turn of the same session, which is often the question it answers). An encoder's JSON names its kind.
 DOCUMENT_KINDS = ("turn", "window")
+
+
+_CLOSERS = " \t\n\"')]}»”’*_"
+
+
+def asks(text: str) -> bool:
+    """Whether a turn is a question: its text ends with a question mark (closing quotes, brackets and markdown
+    emphasis aside). "Wow! Did you enjoy it?" asks; "Did you? I loved it." tells."""
+    return text.rstrip(_CLOSERS).endswith(("?", "？"))
 
 
 def previous_in_session(turns: Sequence[Turn]) -> list[int]:
@@ -326,6 +359,8 @@ class TurnIndex:
         )
         self._days = np.array([t.time.timestamp() / _DAY if t.time else np.nan for t in self.turns])
         self._length = np.log1p(np.array([len(t.text.split()) for t in self.turns], dtype=np.float64))
+        self._asks = np.array([asks(t.text) for t in self.turns], dtype=np.float64)
+        self._answers = self._nb(self.prev, self._asks)  # the previous turn in the session is a question
         sessions: dict[str, list[int]] = {}
         for i, t in enumerate(self.turns):
             sessions.setdefault(t.session, []).append(i)
@@ -395,20 +430,24 @@ class TurnIndex:
             if role in self.speakers and pronouns.search(query):
                 named.add(self.speakers.index(role))
         spk = np.isin(self._speaker_of, list(named)).astype(np.float64) if named else np.zeros(len(self.turns))
+        prev_ct, prev_bt = self._nb(self.prev, ct), self._nb(self.prev, bt)
         cols = {
             "cos_turn": ct,
             "cos_context": cc,
             "bm25_turn": bt,
             "bm25_window": bw,
             "neighbour": nb,
-            "prev_cos": self._nb(self.prev, ct),
+            "prev_cos": prev_ct,
             "next_cos": self._nb(self.next, ct),
-            "prev_bm25": self._nb(self.prev, bt),
+            "prev_bm25": prev_bt,
             "next_bm25": self._nb(self.next, bt),
             "session": sess,
             "speaker": spk,
             "date": self._date(query),
             "length": self._length,
+            "question": self._asks,
+            "answer_cos": prev_ct * self._answers,
+            "answer_bm25": prev_bt * self._answers,
         }
         return np.stack([cols[f] for f in FEATURES], axis=1)
 
