@@ -37,6 +37,15 @@ def blend_terms(features: Sequence[str], *, interactions: bool = False) -> list[
     return [*features, *(pairs if interactions else [])]
 
 
+def _columns(term: str, index: Mapping[str, int]) -> tuple[int, ...] | None:
+    """The signal columns ``term`` multiplies (one for a signal, two for a product ``"a*b"``), or ``None`` when it
+    names neither."""
+    parts = term.split("*")
+    if len(parts) > 2 or any(p not in index for p in parts):
+        return None
+    return tuple(index[p] for p in parts)
+
+
 class Blend:
     """A weighted sum of signals and products of two signals, over a (turns × ``features``) matrix.
 
@@ -54,8 +63,8 @@ class Blend:
         right: list[int] = []
         products: list[float] = []
         for term, value in weights.items():
-            parts = str(term).split("*")
-            if len(parts) > 2 or any(p not in index for p in parts):
+            cols = _columns(str(term), index)
+            if cols is None:
                 raise ValueError(
                     f"{where}weight {term!r} is not a signal ({', '.join(features)}) or a product 'a*b' of two"
                 )
@@ -66,11 +75,11 @@ class Blend:
             if not np.isfinite(w):
                 raise ValueError(f"{where}weight {term!r} must be finite, not {value!r}")
             self.weights[str(term)] = w
-            if len(parts) == 1:
-                self.linear[index[parts[0]]] += w
+            if len(cols) == 1:
+                self.linear[cols[0]] += w
             else:
-                left.append(index[parts[0]])
-                right.append(index[parts[1]])
+                left.append(cols[0])
+                right.append(cols[1])
                 products.append(w)
         self._left = np.array(left, dtype=np.int64)
         self._right = np.array(right, dtype=np.int64)
@@ -93,13 +102,15 @@ class Blend:
 
 
 def _expand(signals: np.ndarray, features: Sequence[str], terms: Sequence[str]) -> np.ndarray:
+    """The (turns × ``terms``) matrix of each term's value: a signal's column, or the product of two."""
     index = {f: i for i, f in enumerate(features)}
-    cols = []
+    out = []
     for term in terms:
-        parts = term.split("*")
-        col = signals[:, index[parts[0]]]
-        cols.append(col * signals[:, index[parts[1]]] if len(parts) == 2 else col)
-    return np.stack(cols, axis=1)
+        cols = _columns(term, index)
+        if cols is None:
+            raise ValueError(f"term {term!r} is not a signal ({', '.join(features)}) or a product 'a*b' of two")
+        out.append(signals[:, cols[0]] * signals[:, cols[1]] if len(cols) == 2 else signals[:, cols[0]])
+    return np.stack(out, axis=1)
 
 
 def fit_blend(
