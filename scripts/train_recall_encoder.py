@@ -69,6 +69,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_json(path: Path, info: dict) -> None:
+    """``info`` as indented JSON at ``path``, whole or not at all (written beside it, then renamed over it)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def vectors_rows(path: Path, users: list[str], indexes: dict[str, TurnIndex], rows_of) -> tuple[list, list]:
     """The out-of-fold signal rows from the turn and question vectors ``--save-vectors`` wrote."""
     with np.load(path) as saved:
@@ -97,9 +104,7 @@ def refit_weights(meta: Path, weights: dict[str, float], heldout: dict, vectors:
         **heldout,
     }
     info["weights_command"] = " ".join(["python", *sys.argv])
-    tmp = meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(meta)
+    write_json(meta, info)
     print(json.dumps({k: heldout[k]["recall_at_5"] for k in heldout}))
     print(f"refitted the weights in {meta}")
 
@@ -117,9 +122,7 @@ def write_general_weights(out: Path, base_rows: list, heldout: dict, data: Path)
         "licence": "weights derived from LoCoMo (CC BY-NC 4.0): see README.md in this folder",
         "command": " ".join(["python", *sys.argv]),
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, info)
     return path
 
 
@@ -290,7 +293,7 @@ def main() -> None:
             **heldout,
             "command": " ".join(["python", *sys.argv]),
         }
-        args.heldout_only.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.heldout_only, report)
         print(json.dumps(short))
         return
 
@@ -343,7 +346,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
-    (args.out / "recall_encoder.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(args.out / "recall_encoder.json", info)
     print(json.dumps(info["heldout"], indent=2))
     print(f"wrote {onnx_path} and {args.out / 'recall_encoder.json'}")
 
